@@ -1,0 +1,49 @@
+"""diffusers UNetSpatioTemporalConditionModel folder <-> sfv-jax UNet."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from flax import nnx
+
+from sfv_jax.convert.engine import import_params
+from sfv_jax.convert.module_state import AbstractModel
+from sfv_jax.convert.unet_rules import UNET_RULES
+from sfv_jax.convert.weight_files import TensorSource, read_config, weight_paths
+from sfv_jax.convert.writer import write_diffusers_component
+from sfv_jax.errors import CheckpointError
+from sfv_jax.models import ModelOptions, UNetConfig, UNetSpatioTemporalConditionModel
+
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def unet_config_from_folder(folder: str) -> UNetConfig:
+    config = read_config(folder)
+    try:
+        return UNetConfig.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder}/config.json: {e}") from None
+
+
+def abstract_unet(config: UNetConfig, options: ModelOptions) -> AbstractModel:
+    return AbstractModel(lambda: UNetSpatioTemporalConditionModel(config, options, rngs=nnx.Rngs(0)))
+
+
+def unet_from_diffusers(folder: str, options: ModelOptions = ModelOptions(), variant: str | None = None,
+                        place: Callable | None = None, progress: bool = False) -> UNetSpatioTemporalConditionModel:
+    """Loads a diffusers `unet/` folder (config.json + safetensors) into the Flax UNet.
+
+    Every tensor must map to a parameter of the right shape and every parameter must be filled;
+    otherwise a CheckpointError lists all problems. Weights are cast to options.param_dtype.
+    """
+    config = unet_config_from_folder(folder)
+    model = abstract_unet(config, options)
+    source = TensorSource(weight_paths(folder, WEIGHTS_NAME, variant))
+    params = import_params(source, UNET_RULES, model.shapes, "UNetSpatioTemporalConditionModel", place, progress)
+    return model.merge(params)
+
+
+def unet_to_diffusers(unet: UNetSpatioTemporalConditionModel, folder: str, dtype: np.dtype | None = None) -> None:
+    """Writes `unet` as a diffusers folder (config.json + diffusion_pytorch_model.safetensors)."""
+    write_diffusers_component(unet, unet.config.to_diffusers_dict(), UNET_RULES, folder, WEIGHTS_NAME, dtype)

@@ -1,0 +1,56 @@
+"""Numerical and memory options shared by every sfv-jax model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+# Names accepted for `remat`; each maps to a jax.checkpoint policy (None: save nothing).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """How a model stores and computes, independent of its architecture.
+
+    Attributes:
+      param_dtype: dtype the parameters are stored in ("float32" or "bfloat16").
+      dtype: compute dtype of convolutions and matmuls. Norms and softmax always run in
+        float32, as SVD's own GroupNorm32 does.
+      attention: "xla" (portable einsum attention) or "cudnn" (fused kernel through
+        jax.nn.dot_product_attention; NVIDIA GPUs, bf16/fp16 compute only).
+      remat: rematerialisation policy applied to every resnet and transformer block:
+        "none", "full" (recompute everything), "dots" or "dots_no_batch".
+    """
+
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    attention: str = "xla"
+    remat: str = "none"
+
+    def __post_init__(self):
+        for field in ("param_dtype", "dtype"):
+            value = getattr(self, field)
+            if value not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"{field}={value!r}: use float32, bfloat16 or float16")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}: use one of {tuple(REMAT_POLICIES)}")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)

@@ -1,0 +1,104 @@
+"""Flax NNX port of diffusers' UNetSpatioTemporalConditionModel (the SVD / SVD-XT denoiser)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sfv_jax.models.layers import GroupNorm, TimestepEmbedding, conv, timestep_embedding
+from sfv_jax.models.options import ModelOptions
+from sfv_jax.models.unet_blocks import DownBlockSpatioTemporal, UNetMidBlockSpatioTemporal, UpBlockSpatioTemporal
+from sfv_jax.models.unet_config import UNetConfig
+
+
+class UNetSpatioTemporalConditionModel(nnx.Module):
+    """The SVD UNet, channels-last.
+
+    Attribute names follow diffusers' state-dict keys (down_blocks.0.resnets.1...), so each
+    parameter converts by a short rule (sfv_jax/convert/unet_rules.py).
+    """
+
+    def __init__(self, config: UNetConfig, options: ModelOptions = ModelOptions(), *, rngs: nnx.Rngs):
+        self.config = config
+        self.options = options
+        channels = config.block_out_channels
+        time_embed_dim = channels[0] * 4
+        heads = config.per_block("num_attention_heads")
+        cross_dims = config.per_block("cross_attention_dim")
+        layers = config.per_block("layers_per_block")
+        transformer_layers = config.per_block("transformer_layers_per_block")
+
+        self.conv_in = conv(config.in_channels, channels[0], (3, 3), options, rngs)
+        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, options, rngs)
+        self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, time_embed_dim, options, rngs)
+
+        down_blocks = []
+        out_ch = channels[0]
+        for i, block_type in enumerate(config.down_block_types):
+            in_ch, out_ch = out_ch, channels[i]
+            down_blocks.append(DownBlockSpatioTemporal(
+                in_ch, out_ch, time_embed_dim, layers[i], add_downsample=i < len(channels) - 1, options=options,
+                rngs=rngs, with_attention=block_type.startswith("CrossAttn"), transformer_layers=transformer_layers[i],
+                num_attention_heads=heads[i], cross_attention_dim=cross_dims[i]))
+        self.down_blocks = nnx.List(down_blocks)
+
+        self.mid_block = UNetMidBlockSpatioTemporal(
+            channels[-1], time_embed_dim, options, rngs, transformer_layers=transformer_layers[-1],
+            num_attention_heads=heads[-1], cross_attention_dim=cross_dims[-1])
+
+        up_blocks = []
+        rev_channels = channels[::-1]
+        out_ch = rev_channels[0]
+        for i, block_type in enumerate(config.up_block_types):
+            prev_ch, out_ch = out_ch, rev_channels[i]
+            in_ch = rev_channels[min(i + 1, len(channels) - 1)]
+            up_blocks.append(UpBlockSpatioTemporal(
+                in_ch, prev_ch, out_ch, time_embed_dim, layers[::-1][i] + 1, add_upsample=i < len(channels) - 1,
+                options=options, rngs=rngs, with_attention=block_type.startswith("CrossAttn"),
+                transformer_layers=transformer_layers[::-1][i], num_attention_heads=heads[::-1][i],
+                cross_attention_dim=cross_dims[::-1][i]))
+        self.up_blocks = nnx.List(up_blocks)
+
+        self.conv_norm_out = GroupNorm(channels[0], 32, 1e-5, options)
+        self.conv_out = conv(channels[0], config.out_channels, (3, 3), options, rngs)
+
+    def __call__(self, sample: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
+                 added_time_ids: jax.Array) -> jax.Array:
+        """Predicts the denoiser output F for every frame.
+
+        Args:
+          sample: (B, T, h, w, in_channels): the c_in-scaled noisy latent, then the image latent.
+          timestep: (B,) or scalar: c_noise = 0.25 * ln(sigma).
+          encoder_hidden_states: (B, S, cross_attention_dim): the CLIP image embedding (S = 1 in SVD).
+          added_time_ids: (B, 3): [fps - 1, motion_bucket_id, noise_aug_strength].
+        Returns:
+          (B, T, h, w, out_channels) in the compute dtype.
+        """
+        batch, num_frames, height, width, _ = sample.shape
+        dtype = self.options.compute_dtype
+        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
+        emb = self.time_embedding(timestep_embedding(timestep, self.config.block_out_channels[0]).astype(dtype))
+        time_ids = timestep_embedding(added_time_ids.reshape(-1), self.config.addition_time_embed_dim)
+        emb = emb + self.add_embedding(time_ids.reshape(batch, -1).astype(dtype))
+
+        # Frames become batch entries, frame index fastest, as diffusers' flatten(0, 1).
+        x = sample.astype(dtype).reshape(batch * num_frames, height, width, -1)
+        emb = jnp.repeat(emb, num_frames, axis=0)
+        context = jnp.repeat(encoder_hidden_states.astype(dtype), num_frames, axis=0)
+
+        x = self.conv_in(x)
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, emb, context, num_frames)
+            skips.extend(block_skips)
+        x = self.mid_block(x, emb, context, num_frames)
+        for block in self.up_blocks:
+            block_skips = skips[-len(block.resnets):]
+            del skips[-len(block.resnets):]
+            # Upsample to the size of the skip it meets next, so any latent size works (diffusers'
+            # forward_upsample_size); for sizes divisible by 2**num_upsamplers this is exactly 2x.
+            upsample_size = skips[-1].shape[1:3] if skips and block.upsamplers is not None else None
+            x = block(x, block_skips, emb, context, num_frames, upsample_size)
+        x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+        return x.reshape(batch, num_frames, height, width, -1)
