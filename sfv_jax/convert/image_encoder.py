@@ -1,0 +1,53 @@
+"""transformers CLIPVisionModelWithProjection folder (SVD's image_encoder/) <-> sfv-jax image encoder."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from flax import nnx
+
+from sfv_jax.convert.clip_rules import CLIP_RULES
+from sfv_jax.convert.engine import import_params
+from sfv_jax.convert.module_state import AbstractModel
+from sfv_jax.convert.weight_files import TensorSource, read_config, weight_paths
+from sfv_jax.convert.writer import write_diffusers_component
+from sfv_jax.errors import CheckpointError
+from sfv_jax.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
+from sfv_jax.models.options import ModelOptions
+
+WEIGHTS_NAME = "model"  # transformers' file name (model.safetensors), not diffusers'
+
+
+def image_encoder_config_from_folder(folder: str) -> CLIPVisionConfig:
+    config = read_config(folder)
+    try:
+        return CLIPVisionConfig.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder}/config.json: {e}") from None
+
+
+def abstract_image_encoder(config: CLIPVisionConfig, options: ModelOptions) -> AbstractModel:
+    return AbstractModel(lambda: CLIPVisionModelWithProjection(config, options, rngs=nnx.Rngs(0)))
+
+
+def image_encoder_from_diffusers(folder: str, options: ModelOptions = ModelOptions(), variant: str | None = None,
+                                 place: Callable | None = None, progress: bool = False) -> CLIPVisionModelWithProjection:
+    """Loads an `image_encoder/` folder (transformers config.json + model.safetensors) into the Flax encoder.
+
+    Every tensor must map to a parameter of the right shape and every parameter must be filled;
+    otherwise a CheckpointError lists all problems. Weights are cast to options.param_dtype.
+    """
+    config = image_encoder_config_from_folder(folder)
+    model = abstract_image_encoder(config, options)
+    source = TensorSource(weight_paths(folder, WEIGHTS_NAME, variant))
+    params = import_params(source, CLIP_RULES, model.shapes, "CLIPVisionModelWithProjection", place, progress)
+    return model.merge(params)
+
+
+def image_encoder_to_diffusers(image_encoder: CLIPVisionModelWithProjection, folder: str,
+                               dtype: np.dtype | None = None) -> None:
+    """Writes `image_encoder` as a transformers folder (config.json + model.safetensors)."""
+    stored = np.dtype(dtype) if dtype is not None else np.dtype(image_encoder.options.param_dtype)
+    config = image_encoder.config.to_transformers_dict(dtype=stored.name)
+    write_diffusers_component(image_encoder, config, CLIP_RULES, folder, WEIGHTS_NAME, dtype)
