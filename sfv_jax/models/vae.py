@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -118,7 +119,8 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
         cut into chunks of c (the last may be shorter) and each chunk is decoded as one clip of
         len(chunk) frames, so temporal layers see only the frames in the chunk (and a chunk may
         span two clips when B > 1, as in diffusers). num_frames is then not used by the maths.
-        Chunks run one after another (lax.map), so only one chunk's activations are live.
+        Chunks run one after another (lax.map), so only one chunk's activations are live; the
+        decode is jitted internally (compiled once per latent shape and chunking).
         """
         n = latents.shape[0]
         if decode_chunk_size is None:
@@ -129,17 +131,28 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
             if decode_chunk_size < 1:
                 raise ValueError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
             chunk = min(decode_chunk_size, n)
-        latents = latents.astype(self.options.compute_dtype)
-        full, rest = divmod(n, chunk)
-        outputs = []
-        if full == 1:
-            outputs.append(self.decoder(latents[:chunk], chunk))
-        elif full > 1:
-            graphdef, state = nnx.split(self.decoder)
-            decode_chunk = lambda z: nnx.merge(graphdef, state)(z, chunk)
-            head = latents[:full * chunk].reshape(full, chunk, *latents.shape[1:])
-            decoded = jax.lax.map(decode_chunk, head)
-            outputs.append(decoded.reshape(full * chunk, *decoded.shape[2:]))
-        if rest:
-            outputs.append(self.decoder(latents[full * chunk:], rest))
-        return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=0)
+        graphdef, state = nnx.split(self.decoder)
+        return _decode_in_chunks(graphdef, state, latents.astype(self.options.compute_dtype), chunk)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _decode_in_chunks(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array, chunk: int) -> jax.Array:
+    """Decodes latents (N, h, w, C) as consecutive clips of `chunk` frames (the last may be shorter).
+
+    Equal chunks go through lax.map, a sequential loop, so one chunk's activations are live at a
+    time even inside a caller's jit; the remainder is decoded after. Jitted here so that eager
+    callers compile once per shape instead of re-tracing the loop body on every call.
+    """
+    decoder = nnx.merge(graphdef, state)
+    n = latents.shape[0]
+    full, rest = divmod(n, chunk)
+    outputs = []
+    if full == 1:
+        outputs.append(decoder(latents[:chunk], chunk))
+    elif full > 1:
+        head = latents[:full * chunk].reshape(full, chunk, *latents.shape[1:])
+        decoded = jax.lax.map(lambda z: nnx.merge(graphdef, state)(z, chunk), head)
+        outputs.append(decoded.reshape(full * chunk, *decoded.shape[2:]))
+    if rest:
+        outputs.append(decoder(latents[full * chunk:], rest))
+    return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=0)
