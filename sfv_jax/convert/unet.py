@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from flax import nnx
 
 from sfv_jax.convert.engine import import_params
 from sfv_jax.convert.module_state import AbstractModel
@@ -27,7 +26,7 @@ def unet_config_from_folder(folder: str) -> UNetConfig:
 
 
 def abstract_unet(config: UNetConfig, options: ModelOptions) -> AbstractModel:
-    return AbstractModel(lambda: UNetSpatioTemporalConditionModel(config, options, rngs=nnx.Rngs(0)))
+    return AbstractModel(lambda rngs: UNetSpatioTemporalConditionModel(config, options, rngs=rngs))
 
 
 def unet_from_diffusers(folder: str, options: ModelOptions = ModelOptions(), variant: str | None = None,

@@ -16,9 +16,14 @@ from flax import nnx
 from sfv_jax.models.options import ModelOptions
 
 
+# torch's default init for Linear and Conv weights: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+# Uniform draws are also the cheapest to compile when a model is initialised op by op.
+TORCH_DEFAULT_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 def linear(in_features: int, out_features: int, options: ModelOptions, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
     return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=options.compute_dtype,
-                      param_dtype=options.params_dtype, rngs=rngs)
+                      param_dtype=options.params_dtype, kernel_init=TORCH_DEFAULT_INIT, rngs=rngs)
 
 
 def conv(in_features: int, out_features: int, kernel_size: tuple[int, ...], options: ModelOptions, rngs: nnx.Rngs,
@@ -27,7 +32,8 @@ def conv(in_features: int, out_features: int, kernel_size: tuple[int, ...], opti
     if padding is None:
         padding = tuple((k // 2, k // 2) for k in kernel_size)
     return nnx.Conv(in_features, out_features, kernel_size, strides=strides, padding=padding,
-                    dtype=options.compute_dtype, param_dtype=options.params_dtype, rngs=rngs)
+                    dtype=options.compute_dtype, param_dtype=options.params_dtype, kernel_init=TORCH_DEFAULT_INIT,
+                    rngs=rngs)
 
 
 class GroupNorm(nnx.Module):
@@ -155,7 +161,8 @@ class AlphaBlender(nnx.Module):
 
     def __init__(self, alpha: float, options: ModelOptions, switch_spatial_to_temporal_mix: bool = False):
         self.switch_spatial_to_temporal_mix = switch_spatial_to_temporal_mix
-        self.mix_factor = nnx.Param(jnp.full((1,), alpha, options.params_dtype))
+        # init_value lets random_init (which fills abstract models on the host) restore it.
+        self.mix_factor = nnx.Param(jnp.full((1,), alpha, options.params_dtype), init_value=alpha)
 
     def __call__(self, x_spatial: jax.Array, x_temporal: jax.Array) -> jax.Array:
         alpha = jax.nn.sigmoid(self.mix_factor[...].astype(jnp.float32)).astype(x_spatial.dtype)

@@ -1,0 +1,93 @@
+"""sfv-jax checkpoints: one Orbax folder holding the params and configs of several components.
+
+Layout of CKPT/:
+  sfv_jax.json   {"format": 1, "components": {name: {"class": ..., "config": {...}}}, "extra": {...}}
+  params/        Orbax (OCDBT) tree {name: {"dotted.param.path": array}}
+Restoring builds each module abstractly and lets Orbax read every array straight into its
+target sharding, so no host ever holds a full replicated copy per device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from sfv_jax.convert.components import COMPONENTS
+from sfv_jax.convert.module_state import AbstractModel, flat_params
+from sfv_jax.errors import CheckpointError
+from sfv_jax.fileio import atomic_directory
+from sfv_jax.models import ModelOptions
+
+FORMAT_VERSION = 1
+INDEX_NAME = "sfv_jax.json"
+
+
+def save_checkpoint(path: str, modules: Mapping[str, nnx.Module], extra: Mapping | None = None,
+                    dtype: str | None = None, overwrite: bool = False) -> None:
+    """Writes `modules` (e.g. {"unet": unet}) to `path` atomically; `dtype` casts the stored params."""
+    index = {"format": FORMAT_VERSION, "components": {}, "extra": dict(extra or {})}
+    tree = {}
+    for name, module in modules.items():
+        class_name = module.config.to_diffusers_dict()["_class_name"]
+        index["components"][name] = {"class": class_name, "config": COMPONENTS[class_name].config_dict(module)}
+        params = flat_params(module)
+        tree[name] = {k: v.astype(dtype) if dtype else v for k, v in params.items()}
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(tmp, "params"), tree)
+        checkpointer.wait_until_finished()
+        with open(os.path.join(tmp, INDEX_NAME), "w") as f:
+            json.dump(index, f, indent=2)
+
+
+def read_index(path: str) -> dict:
+    index_path = os.path.join(path, INDEX_NAME)
+    if not os.path.isfile(index_path):
+        raise CheckpointError(f"{path}: not an sfv-jax checkpoint (no {INDEX_NAME}); create one with sfv-jax convert")
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{index_path}: unreadable ({e})") from None
+    if index.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{index_path}: format {index.get('format')} is not {FORMAT_VERSION}")
+    return index
+
+
+def load_checkpoint(path: str, options: ModelOptions = ModelOptions(), names: list[str] | None = None,
+                    sharding_for: Callable[[str, str, jax.ShapeDtypeStruct], jax.sharding.Sharding] | None = None
+                    ) -> dict[str, nnx.Module]:
+    """Restores the named components (default: all) as Flax modules.
+
+    `sharding_for(component, param_key, shape)` gives each parameter's target sharding (default:
+    the first local device); Orbax reads each array directly into it.
+    """
+    index = read_index(path)
+    names = list(index["components"]) if names is None else names
+    abstract_models, target = {}, {}
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    for name in names:
+        if name not in index["components"]:
+            raise CheckpointError(f"{path}: has no component {name!r} (it has {sorted(index['components'])})")
+        entry = index["components"][name]
+        component = COMPONENTS[entry["class"]]
+        config = component.config_from_dict(entry["config"])
+        model = AbstractModel(lambda rngs: component.build(config, options, rngs))
+        abstract_models[name] = model
+        target[name] = {
+            key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding_for(name, key, s) if sharding_for else default)
+            for key, s in model.shapes.items()}
+    try:
+        # partial_restore: read only the requested components; arrays are cast to the target dtype.
+        restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, "params"), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise CheckpointError(f"{path}: params do not match the stored configs ({str(e).splitlines()[0]})") from None
+    return {name: abstract_models[name].merge(restored[name]) for name in names}
+
