@@ -129,7 +129,7 @@ def test_decode_one_clip_matches_diffusers(torch_vae, vae):
 
 
 def test_decode_two_clips_matches_diffusers(torch_vae, vae):
-    # B=2 clips of 3 frames: each clip is decoded on its own (the lax.map path), as vae.decode(z, 3).
+    # B=2 clips of 3 frames: each clip is decoded on its own (the lax.scan path), as vae.decode(z, 3).
     z = torch.randn(6, 4, 5, 6, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = torch_vae.decode(z, num_frames=3).sample
@@ -140,7 +140,7 @@ def test_decode_two_clips_matches_diffusers(torch_vae, vae):
 
 @pytest.mark.parametrize("chunk", [2, 3])
 def test_chunked_decode_matches_pipeline(torch_vae, vae, chunk):
-    # 5 frames in chunks of 2 (2+2+1: lax.map over two chunks, then a remainder) or 3 (3+2).
+    # 5 frames in chunks of 2 (2+2+1: lax.scan over two chunks, then a remainder) or 3 (3+2).
     z = torch.randn(5, 4, 7, 6, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         ref = pipeline_decode(torch_vae, z, chunk)
@@ -154,6 +154,13 @@ def test_chunked_decode_matches_pipeline(torch_vae, vae, chunk):
           f"chunking itself changes the output by {rel_err(ref, whole):.2e}")
     assert rel_err(ref, whole) > 1e-3  # the test would not see a chunking bug otherwise
     assert err <= BOUND
+
+
+def test_remat_changes_nothing(vae, vae_folder):
+    # nnx.remat inside the chunk loop (lax.scan) must trace; the shape of the chunk-3 test is reused.
+    remat = vae_from_diffusers(vae_folder, ModelOptions(remat="full"))
+    z = jax.random.normal(jax.random.key(10), (5, 7, 6, 4))
+    np.testing.assert_array_equal(remat.decode(z, 5, decode_chunk_size=3), vae.decode(z, 5, decode_chunk_size=3))
 
 
 def test_decode_rejects_frames_that_do_not_form_clips(vae):

@@ -119,7 +119,7 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
         cut into chunks of c (the last may be shorter) and each chunk is decoded as one clip of
         len(chunk) frames, so temporal layers see only the frames in the chunk (and a chunk may
         span two clips when B > 1, as in diffusers). num_frames is then not used by the maths.
-        Chunks run one after another (lax.map), so only one chunk's activations are live; the
+        Chunks run one after another (lax.scan), so only one chunk's activations are live; the
         decode is jitted internally (compiled once per latent shape and chunking).
         """
         n = latents.shape[0]
@@ -139,7 +139,7 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
 def _decode_in_chunks(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array, chunk: int) -> jax.Array:
     """Decodes latents (N, h, w, C) as consecutive clips of `chunk` frames (the last may be shorter).
 
-    Equal chunks go through lax.map, a sequential loop, so one chunk's activations are live at a
+    Equal chunks go through lax.scan, a sequential loop, so one chunk's activations are live at a
     time even inside a caller's jit; the remainder is decoded after. Jitted here so that eager
     callers compile once per shape instead of re-tracing the loop body on every call.
     """
@@ -151,7 +151,10 @@ def _decode_in_chunks(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Arr
         outputs.append(decoder(latents[:chunk], chunk))
     elif full > 1:
         head = latents[:full * chunk].reshape(full, chunk, *latents.shape[1:])
-        decoded = jax.lax.map(lambda z: nnx.merge(graphdef, state)(z, chunk), head)
+        # The params ride along as the scan carry rather than a closure: NNX transforms inside the
+        # body (remat) may only touch Variables created at the body's own trace level.
+        step = lambda params, z: (params, nnx.merge(graphdef, params)(z, chunk))
+        _, decoded = jax.lax.scan(step, state, head)
         outputs.append(decoded.reshape(full * chunk, *decoded.shape[2:]))
     if rest:
         outputs.append(decoder(latents[full * chunk:], rest))
