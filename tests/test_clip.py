@@ -29,7 +29,7 @@ from sfv_jax.errors import CheckpointError
 from sfv_jax.models import CLIPVisionConfig, ModelOptions
 from sfv_jax.models.clip_preprocess import preprocess_for_clip
 
-SVD_XT = "/work/shared/data/svd-xt-configs"
+SVD_XT = os.path.join(os.path.dirname(__file__), "data", "svd-xt-configs")
 TINY = dict(hidden_size=64, intermediate_size=128, projection_dim=48, num_hidden_layers=2, num_attention_heads=4,
             patch_size=14)
 BOUND = 1e-5

@@ -25,7 +25,7 @@ from sfv_jax.convert.weight_files import TensorSource
 from sfv_jax.errors import CheckpointError
 from sfv_jax.models import ModelOptions, VAEConfig
 
-SVD_XT = "/work/shared/data/svd-xt-configs/vae"
+SVD_XT = os.path.join(os.path.dirname(__file__), "data", "svd-xt-configs", "vae")
 # Two blocks cover every block kind (with and without down/upsampling); layers_per_block=2 makes the
 # decoder's mid-block attention run (diffusers skips it with 1).
 TINY = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, layers_per_block=2,

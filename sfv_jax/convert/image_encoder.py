@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from flax import nnx
 
 from sfv_jax.convert.clip_rules import CLIP_RULES
 from sfv_jax.convert.engine import import_params
@@ -28,7 +27,7 @@ def image_encoder_config_from_folder(folder: str) -> CLIPVisionConfig:
 
 
 def abstract_image_encoder(config: CLIPVisionConfig, options: ModelOptions) -> AbstractModel:
-    return AbstractModel(lambda: CLIPVisionModelWithProjection(config, options, rngs=nnx.Rngs(0)))
+    return AbstractModel(lambda rngs: CLIPVisionModelWithProjection(config, options, rngs=rngs))
 
 
 def image_encoder_from_diffusers(folder: str, options: ModelOptions = ModelOptions(), variant: str | None = None,

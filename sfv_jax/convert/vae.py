@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from flax import nnx
 
 from sfv_jax.convert.engine import import_params
 from sfv_jax.convert.module_state import AbstractModel
@@ -28,7 +27,7 @@ def vae_config_from_folder(folder: str) -> VAEConfig:
 
 
 def abstract_vae(config: VAEConfig, options: ModelOptions) -> AbstractModel:
-    return AbstractModel(lambda: AutoencoderKLTemporalDecoder(config, options, rngs=nnx.Rngs(0)))
+    return AbstractModel(lambda rngs: AutoencoderKLTemporalDecoder(config, options, rngs=rngs))
 
 
 def vae_from_diffusers(folder: str, options: ModelOptions = ModelOptions(), variant: str | None = None,
