@@ -36,6 +36,16 @@ def conv(in_features: int, out_features: int, kernel_size: tuple[int, ...], opti
                     rngs=rngs)
 
 
+def residual_add(residual: jax.Array, update: jax.Array) -> jax.Array:
+    """residual + update in float32.
+
+    The residual stream stays float32 between blocks even when convolutions and matmuls
+    compute in bf16: rounding it to bf16 at every block compounds through the ~100 residual
+    additions of the UNet (2.4e-2 rel error vs 1e-2 on the tiny UNet with random weights).
+    """
+    return residual.astype(jnp.float32) + update.astype(jnp.float32)
+
+
 class GroupNorm(nnx.Module):
     """torch.nn.GroupNorm on channels-last input, statistics in float32.
 
@@ -165,7 +175,8 @@ class AlphaBlender(nnx.Module):
         self.mix_factor = nnx.Param(jnp.full((1,), alpha, options.params_dtype), init_value=alpha)
 
     def __call__(self, x_spatial: jax.Array, x_temporal: jax.Array) -> jax.Array:
-        alpha = jax.nn.sigmoid(self.mix_factor[...].astype(jnp.float32)).astype(x_spatial.dtype)
+        alpha = jax.nn.sigmoid(self.mix_factor[...].astype(jnp.float32))
         if self.switch_spatial_to_temporal_mix:
             alpha = 1.0 - alpha
-        return alpha * x_spatial + (1.0 - alpha) * x_temporal
+        # Blended in float32: both branches carry the residual stream (see residual_add).
+        return alpha * x_spatial.astype(jnp.float32) + (1.0 - alpha) * x_temporal.astype(jnp.float32)

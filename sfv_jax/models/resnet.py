@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from sfv_jax.models.layers import AlphaBlender, GroupNorm, conv, linear
+from sfv_jax.models.layers import AlphaBlender, GroupNorm, conv, linear, residual_add
 from sfv_jax.models.options import ModelOptions
 
 
@@ -32,7 +32,7 @@ class ResnetBlock2D(nnx.Module):
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
         h = self.conv2(jax.nn.silu(self.norm2(h)))
         shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
-        return shortcut + h
+        return residual_add(shortcut, h)
 
 
 class TemporalResnetBlock(nnx.Module):
@@ -58,7 +58,7 @@ class TemporalResnetBlock(nnx.Module):
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, :, None, None, :]
         h = self.conv2(jax.nn.silu(self.norm2(h)))
         shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
-        return shortcut + h
+        return residual_add(shortcut, h)
 
 
 class SpatioTemporalResBlock(nnx.Module):

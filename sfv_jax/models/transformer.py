@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sfv_jax.models.attention import Attention, FeedForward
-from sfv_jax.models.layers import AlphaBlender, GroupNorm, LayerNorm, TimestepEmbedding, linear, timestep_embedding
+from sfv_jax.models.layers import (AlphaBlender, GroupNorm, LayerNorm, TimestepEmbedding, linear, residual_add,
+                                   timestep_embedding)
 from sfv_jax.models.options import ModelOptions
 
 LAYER_NORM_EPS = 1e-5
@@ -27,9 +28,9 @@ class BasicTransformerBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
         """x: (N, L, dim), context: (N, S, cross_attention_dim) -> (N, L, dim)."""
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        x = residual_add(x, self.attn1(self.norm1(x)))
+        x = residual_add(x, self.attn2(self.norm2(x), context))
+        return residual_add(x, self.ff(self.norm3(x)))
 
 
 class TemporalBasicTransformerBlock(nnx.Module):
@@ -58,11 +59,11 @@ class TemporalBasicTransformerBlock(nnx.Module):
         batch = batch_frames // num_frames
         x = x.reshape(batch, num_frames, length, channels).transpose(0, 2, 1, 3).reshape(batch * length, num_frames, channels)
         h = self.ff_in(self.norm_in(x))
-        x = h + x if self.is_res else h
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+        x = residual_add(x, h) if self.is_res else h
+        x = residual_add(x, self.attn1(self.norm1(x)))
+        x = residual_add(x, self.attn2(self.norm2(x), context))
         h = self.ff(self.norm3(x))
-        x = h + x if self.is_res else h
+        x = residual_add(x, h) if self.is_res else h
         channels = x.shape[-1]
         return x.reshape(batch, length, num_frames, channels).transpose(0, 2, 1, 3).reshape(batch_frames, length, channels)
 
@@ -106,4 +107,4 @@ class TransformerSpatioTemporalModel(nnx.Module):
             h_temporal = temporal_block(h + frame_emb, num_frames, time_context)
             h = self.time_mixer(h, h_temporal)
         h = self.proj_out(h)
-        return h.reshape(batch_frames, height, width, channels) + residual
+        return residual_add(residual, h.reshape(batch_frames, height, width, channels))

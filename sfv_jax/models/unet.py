@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -30,8 +32,12 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         transformer_layers = config.per_block("transformer_layers_per_block")
 
         self.conv_in = conv(config.in_channels, channels[0], (3, 3), options, rngs)
-        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, options, rngs)
-        self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, time_embed_dim, options, rngs)
+        # The conditioning embeddings run in float32 whatever the compute dtype: they are a few rows
+        # of matmul, and every resnet of the network adds them.
+        embed_options = dataclasses.replace(options, dtype="float32")
+        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, embed_options, rngs)
+        self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, time_embed_dim,
+                                               embed_options, rngs)
 
         down_blocks = []
         out_ch = channels[0]
@@ -78,9 +84,9 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         batch, num_frames, height, width, _ = sample.shape
         dtype = self.options.compute_dtype
         timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
-        emb = self.time_embedding(timestep_embedding(timestep, self.config.block_out_channels[0]).astype(dtype))
+        emb = self.time_embedding(timestep_embedding(timestep, self.config.block_out_channels[0]))
         time_ids = timestep_embedding(added_time_ids.reshape(-1), self.config.addition_time_embed_dim)
-        emb = emb + self.add_embedding(time_ids.reshape(batch, -1).astype(dtype))
+        emb = emb + self.add_embedding(time_ids.reshape(batch, -1))
 
         # Frames become batch entries, frame index fastest, as diffusers' flatten(0, 1).
         x = sample.astype(dtype).reshape(batch * num_frames, height, width, -1)

@@ -1,0 +1,131 @@
+"""Parity of the Flax SVD UNet and its parts with diffusers (CPU, float32, random weights).
+
+Weights always travel through the real converter (safetensors + the UNet rulebook). Each test
+prints its relative L2 error ||jax - torch|| / ||torch|| next to its bound.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers.models.resnet import ResnetBlock2D as TorchResnetBlock2D
+from diffusers.models.resnet import SpatioTemporalResBlock as TorchSpatioTemporalResBlock
+from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel as TorchTransformer
+
+from sfv_jax.convert import unet_from_diffusers
+from sfv_jax.convert.unet_rules import UNET_RULES
+from sfv_jax.models import ModelOptions
+from sfv_jax.models.resnet import ResnetBlock2D, SpatioTemporalResBlock
+from sfv_jax.models.transformer import TransformerSpatioTemporalModel
+from tests.reference import channels_first, channels_last, convert_submodule, randomize_, rel_err
+from tests.unet_reference import save_unet, tiny_torch_unet, unet_inputs
+
+MODULE_BOUND = 1e-5
+UNET_BOUND = 1e-4
+# (height, width, frames): square; non-square with sides not multiples of 8; frames != config's 4.
+SHAPES = [(8, 8, 4), (9, 13, 3), (11, 6, 5)]
+OPTIONS = ModelOptions()
+
+
+def _report(name, shape, err, bound):
+    print(f"{name} {shape}: rel L2 err {err:.2e} (bound {bound:.0e})")
+    assert err <= bound
+
+
+@pytest.mark.parametrize("height,width,frames", SHAPES)
+def test_spatial_resblock(tmp_path, height, width, frames):
+    torch_block = TorchResnetBlock2D(in_channels=32, out_channels=64, temb_channels=48, eps=1e-6).eval()
+    randomize_(torch_block, seed=1)
+    block = convert_submodule(torch_block, lambda rngs: ResnetBlock2D(32, 64, 48, 1e-6, OPTIONS, rngs), UNET_RULES, tmp_path)
+    x, temb = torch.randn(frames, 32, height, width), torch.randn(frames, 48)
+    with torch.no_grad():
+        ref = torch_block(x, temb).numpy()
+    out = channels_first(block(channels_last(x), jnp.asarray(temb.numpy())))
+    _report("ResnetBlock2D", (height, width, frames), rel_err(out, ref), MODULE_BOUND)
+
+
+@pytest.mark.parametrize("height,width,frames", SHAPES)
+@pytest.mark.parametrize("eps", [1e-6, 1e-5])
+def test_spatio_temporal_resblock(tmp_path, height, width, frames, eps):
+    torch_block = TorchSpatioTemporalResBlock(32, 64, temb_channels=48, eps=eps).eval()
+    randomize_(torch_block, seed=2)
+    block = convert_submodule(
+        torch_block, lambda rngs: SpatioTemporalResBlock(32, 64, 48, eps, OPTIONS, rngs), UNET_RULES, tmp_path)
+    batch = 2
+    x, temb = torch.randn(batch * frames, 32, height, width), torch.randn(batch * frames, 48)
+    with torch.no_grad():
+        ref = torch_block(x, temb, image_only_indicator=torch.zeros(batch, frames)).numpy()
+    out = channels_first(block(channels_last(x), jnp.asarray(temb.numpy()), frames))
+    _report("SpatioTemporalResBlock", (height, width, frames), rel_err(out, ref), MODULE_BOUND)
+
+
+@pytest.mark.parametrize("height,width,frames", SHAPES)
+def test_spatio_temporal_transformer(tmp_path, height, width, frames):
+    channels, heads, cross_dim, layers = 64, 4, 32, 2
+    torch_block = TorchTransformer(heads, channels // heads, in_channels=channels, num_layers=layers,
+                                   cross_attention_dim=cross_dim).eval()
+    randomize_(torch_block, seed=3)
+    block = convert_submodule(torch_block, lambda rngs: TransformerSpatioTemporalModel(
+        heads, channels // heads, channels, layers, cross_dim, OPTIONS, rngs), UNET_RULES, tmp_path)
+    batch = 2
+    x = torch.randn(batch * frames, channels, height, width)
+    # One context token per frame, as the UNet repeats the CLIP embedding over frames.
+    context = torch.randn(batch, 1, cross_dim).repeat_interleave(frames, dim=0)
+    with torch.no_grad():
+        ref = torch_block(x, encoder_hidden_states=context, image_only_indicator=torch.zeros(batch, frames),
+                          return_dict=False)[0].numpy()
+    out = channels_first(block(channels_last(x), jnp.asarray(context.numpy()), frames))
+    _report("TransformerSpatioTemporalModel", (height, width, frames), rel_err(out, ref), MODULE_BOUND)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_pair(tmp_path_factory):
+    torch_unet = tiny_torch_unet(seed=4)
+    folder = save_unet(torch_unet, str(tmp_path_factory.mktemp("unet")))
+    return torch_unet, unet_from_diffusers(folder), folder
+
+
+def run_both(torch_unet, unet, height, width, frames, batch=2):
+    sample, timestep, context, time_ids = unet_inputs(batch, frames, height, width)
+    with torch.no_grad():
+        ref = torch_unet(sample, timestep, context, time_ids).sample.numpy()
+    out = unet(jnp.asarray(np.moveaxis(sample.numpy(), 2, -1)), jnp.asarray(timestep.numpy()),
+               jnp.asarray(context.numpy()), jnp.asarray(time_ids.numpy()))
+    return np.moveaxis(np.asarray(out, np.float32), -1, 2), ref
+
+
+@pytest.mark.parametrize("height,width,frames", SHAPES)
+def test_whole_unet(tiny_unet_pair, height, width, frames):
+    torch_unet, unet, _ = tiny_unet_pair
+    out, ref = run_both(torch_unet, unet, height, width, frames)
+    assert out.shape == ref.shape
+    _report("UNetSpatioTemporalConditionModel", (height, width, frames), rel_err(out, ref), UNET_BOUND)
+
+
+def test_bf16_compute_close_to_float32(tiny_unet_pair):
+    torch_unet, unet32, folder = tiny_unet_pair
+    unet16 = unet_from_diffusers(folder, ModelOptions(dtype="bfloat16"))
+    sample, timestep, context, time_ids = (jnp.asarray(np.moveaxis(t.numpy(), 2, -1)) if t.ndim == 5 else
+                                           jnp.asarray(t.numpy()) for t in unet_inputs(1, 4, 8, 8))
+    out32 = unet32(sample, timestep, context, time_ids)
+    out16 = unet16(sample, timestep, context, time_ids)
+    assert out16.dtype == jnp.bfloat16
+    err = rel_err(np.asarray(out16, np.float32), out32)
+    print(f"bf16 compute vs float32: rel L2 err {err:.2e} (bound 2e-2)")
+    assert err <= 2e-2
+
+
+def test_bf16_params_and_remat_run(tiny_unet_pair):
+    """bf16 storage and every remat policy give the same function (remat changes memory only)."""
+    _, unet32, folder = tiny_unet_pair
+    inputs = [jnp.asarray(np.moveaxis(t.numpy(), 2, -1)) if t.ndim == 5 else jnp.asarray(t.numpy())
+              for t in unet_inputs(1, 3, 8, 8)]
+    reference = unet32(*inputs)
+    for remat in ("full", "dots"):
+        unet = unet_from_diffusers(folder, ModelOptions(remat=remat))
+        assert rel_err(unet(*inputs), reference) <= 1e-6
+    unet = unet_from_diffusers(folder, ModelOptions(param_dtype="bfloat16", dtype="bfloat16"))
+    assert unet.conv_in.kernel[...].dtype == jnp.bfloat16
+    assert rel_err(np.asarray(unet(*inputs), np.float32), reference) <= 2e-2
