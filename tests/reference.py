@@ -23,8 +23,11 @@ def rel_err(out, ref) -> float:
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Perturbs every parameter so that no norm, bias or mix factor sits at its trivial init."""
+def randomize_(model: torch.nn.Module, seed: int, weight_std: float = 0.05) -> None:
+    """Perturbs every parameter so that no norm, bias or mix factor sits at its trivial init.
+
+    weight_std is the noise added to the other weights (0 keeps torch's init, for full-size models).
+    """
     gen = torch.Generator().manual_seed(seed)
     noise = lambda p, std: torch.randn(p.shape, generator=gen) * std
     norms = {name for name, m in model.named_modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))}
@@ -35,8 +38,8 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 p.copy_((1.0 if leaf == "weight" else 0.0) + noise(p, 0.3))
             elif leaf == "mix_factor":
                 p.copy_(noise(p, 1.0))
-            else:
-                p.add_(noise(p, 0.05))
+            elif weight_std:
+                p.add_(noise(p, weight_std))
 
 
 def channels_last(t: torch.Tensor) -> jax.Array:

@@ -1,0 +1,31 @@
+# Quick start: `make demo` and `make test` on a fresh machine with Python 3.11.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned in pyproject.toml; pip picks the CPU wheel from the local disk when present.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test test-slow bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.base-installed: pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) -e ".[test]"
+	touch $@ $(VENV)/.base-installed
+
+demo: $(VENV)/.base-installed
+	$(BIN)/sfv-jax demo --config configs/tiny.py
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m "not slow" tests
+
+test-slow: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m slow -s tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
