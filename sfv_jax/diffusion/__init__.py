@@ -1,0 +1,1 @@
+"""EDM maths and samplers of Stable Video Diffusion / SF-V."""

@@ -1,0 +1,292 @@
+"""SFVPipeline: image -> video with SVD's pipeline (multi-step Euler + CFG ramp) or SF-V's one step.
+
+Mirrors diffusers' StableVideoDiffusionPipeline (docs/reference/svd_architecture.md section 1.3):
+CLIP branch on the ORIGINAL image, fps - 1 as the time id, noise augmentation drawn before the
+latent noise, VAE mode of the augmented frame unscaled, CFG batch [uncond, cond] with zero
+embedding and zero image latents, per-frame guidance linspace(min, max, T), latents / 0.18215
+before the temporal VAE decoder.
+
+Classifier-free guidance: with num_inference_steps > 1 it is used exactly when diffusers uses
+it (max_guidance_scale > 1). With num_inference_steps = 1 (SF-V's generator) it is NOT used by
+default, since SF-V is trained without it; pass do_classifier_free_guidance=True to get diffusers'
+behaviour there (diffusers guides at one step too when max_guidance_scale > 1).
+
+Every stage is one jitted program, compiled ahead of time once per input shape and kept in
+`self._compiled`; `self.last_timings` holds per-stage compile and run seconds of the last call.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sfv_jax.diffusion import edm
+from sfv_jax.diffusion.sampler import euler_sample, guidance_ramp, sfv_levels, sfv_sample
+from sfv_jax.errors import CheckpointError, SfvError
+
+COMPONENTS = ("unet", "vae", "image_encoder")
+SCHEDULER_FILE = "scheduler/scheduler_config.json"
+OUTPUT_TYPES = ("np", "uint8", "latent")
+STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
+
+
+# ---------------------------------------------------------------- jitted stages (graphdef is static)
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_image(graphdef, state, images):
+    """images (B, H0, W0, 3) in [-1, 1], original size -> CLIP image embeddings (B, 1, D)."""
+    from sfv_jax.models.clip_preprocess import preprocess_for_clip
+    return nnx.merge(graphdef, state)(preprocess_for_clip(images))[:, None, :]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_vae(graphdef, state, images, noise, strength):
+    """Noise-augmented conditioning frames (B, H, W, 3) -> VAE latent mean (B, h, w, 4), float32, unscaled."""
+    return nnx.merge(graphdef, state).encode(images + strength * noise).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 8, 9))
+def _sample_euler(graphdef, state, latents, sigmas, image_latents, embeds, time_ids, guidance, use_cfg, progress):
+    unet = nnx.merge(graphdef, state)
+    return euler_sample(unet, latents, sigmas, image_latents, embeds, time_ids, guidance if use_cfg else None,
+                        on_step=_progress_tick if progress else None)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 9))
+def _sample_sfv(graphdef, state, latents, levels, renoise, image_latents, embeds, time_ids, guidance, use_cfg):
+    unet = nnx.merge(graphdef, state)
+    return sfv_sample(unet, latents, levels, renoise, image_latents, embeds, time_ids, guidance if use_cfg else None)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _decode(graphdef, state, latents, num_frames, chunk):
+    """Final latents (N, h, w, 4) scaled -> frames (N, H, W, 3) in [0, 1] (diffusers' denormalize + clamp)."""
+    vae = nnx.merge(graphdef, state)
+    frames = vae.decode(latents * (1 / vae.config.scaling_factor), num_frames, chunk).astype(jnp.float32)
+    return jnp.clip(frames / 2 + 0.5, 0.0, 1.0)
+
+
+# Host-side progress: the sampler's loop calls this after each step (jax.debug.callback).
+_progress_hook: list[Callable[[int], None]] = []
+
+
+def _progress_tick(i):
+    for hook in _progress_hook:
+        hook(int(i))
+
+
+# ---------------------------------------------------------------- host-side image handling
+
+def _as_pil_list(image) -> tuple[list, bool]:
+    import PIL.Image
+    if isinstance(image, PIL.Image.Image):
+        return [image], False
+    if isinstance(image, (list, tuple)) and image and all(isinstance(i, PIL.Image.Image) for i in image):
+        if len({i.size for i in image}) != 1:
+            raise SfvError(f"all images of a batch must have the same size, got {sorted({i.size for i in image})}")
+        return list(image), True
+    raise SfvError(f"image must be a PIL image or a non-empty list of PIL images, got {type(image).__name__}")
+
+
+def _to_array(images) -> np.ndarray:
+    """PIL images -> (B, H, W, 3) float32 in [-1, 1] (diffusers' pil_to_numpy, then * 2 - 1)."""
+    return np.stack([np.asarray(i.convert("RGB")).astype(np.float32) / 255.0 for i in images]) * 2.0 - 1.0
+
+
+def _resize(images, height: int, width: int) -> list:
+    """diffusers' VaeImageProcessor.resize for PIL images (default resize_mode): PIL Lanczos to (width, height)."""
+    import PIL.Image
+    return [i.convert("RGB").resize((width, height), resample=PIL.Image.LANCZOS) for i in images]
+
+
+def _signature(*arrays) -> tuple:
+    return tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(arrays))
+
+
+class SFVPipeline:
+    """Stable Video Diffusion / SF-V image-to-video in JAX. Components are channels-last Flax NNX modules."""
+
+    def __init__(self, unet: nnx.Module, vae: nnx.Module, image_encoder: nnx.Module,
+                 scheduler_config: dict | None = None):
+        self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
+        self.scheduler_config = dict(scheduler_config or {})
+        try:
+            self.schedule = edm.NoiseSchedule.from_scheduler_config(self.scheduler_config)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        self._split = {name: nnx.split(getattr(self, name)) for name in COMPONENTS}
+        self._compiled: dict[tuple, Any] = {}
+        self.last_timings: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, path: str, options=None) -> "SFVPipeline":
+        """From an sfv-jax checkpoint folder holding unet, vae and image_encoder (sfv-jax convert of a pipeline)."""
+        from sfv_jax.checkpoint import load_checkpoint, read_index
+        from sfv_jax.models import ModelOptions
+        if not os.path.isdir(path):
+            raise CheckpointError(f"{path}: checkpoint folder not found")
+        index = read_index(path)
+        missing = [n for n in COMPONENTS if n not in index.get("components", {})]
+        if missing:
+            raise CheckpointError(f"{path}: holds {sorted(index.get('components', {}))} but a pipeline needs "
+                                  f"{', '.join(COMPONENTS)}; convert a whole pipeline folder with "
+                                  f"sfv-jax convert --diffusers PIPELINE_DIR")
+        modules = load_checkpoint(path, options or ModelOptions(), names=list(COMPONENTS))
+        extra = index.get("extra", {})
+        scheduler = (extra.get("pipeline") or {}).get("files", {}).get(SCHEDULER_FILE) or extra.get("scheduler")
+        return cls(**modules, scheduler_config=scheduler)
+
+    @classmethod
+    def from_diffusers(cls, folder: str, options=None, variant: str | None = None) -> "SFVPipeline":
+        """From a diffusers StableVideoDiffusionPipeline folder (model_index.json, unet/, vae/, image_encoder/, ...)."""
+        import json
+        from sfv_jax.convert.pipeline import is_pipeline_folder, load_diffusers_folder
+        from sfv_jax.models import ModelOptions
+        if not os.path.isdir(folder) or not is_pipeline_folder(folder):
+            raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+        modules = load_diffusers_folder(folder, variant=variant, options=options or ModelOptions())
+        scheduler_path = os.path.join(folder, *SCHEDULER_FILE.split("/"))
+        scheduler = None
+        if os.path.isfile(scheduler_path):
+            with open(scheduler_path) as f:
+                scheduler = json.load(f)
+        return cls(**{n: modules[n] for n in COMPONENTS}, scheduler_config=scheduler)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------ compiled stages
+
+    def _run(self, stage: str, fn, statics: tuple, *args):
+        """Runs jitted `fn(graphdef, state, *args, *statics)` through an AOT-compiled cache; times compile and run."""
+        graphdef, state = self._split[{"image_encoder": "image_encoder", "vae_encode": "vae", "unet": "unet",
+                                       "vae_decode": "vae"}[stage]]
+        key = (stage, fn.__name__, statics, _signature(args))
+        timing = self.last_timings.setdefault(stage, {"compile_s": 0.0, "run_s": 0.0})
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            start = time.perf_counter()
+            compiled = fn.lower(graphdef, state, *args, *statics).compile()
+            timing["compile_s"] += time.perf_counter() - start
+            self._compiled[key] = compiled
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(state, *args))
+        timing["run_s"] += time.perf_counter() - start
+        return out
+
+    # ------------------------------------------------------------ generation
+
+    def __call__(self, image, num_frames: int | None = None, height: int = 576, width: int = 1024,
+                 num_inference_steps: int = 1, fps: int = 7, motion_bucket_id: int = 127,
+                 noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0, max_guidance_scale: float = 3.0,
+                 decode_chunk_size: int | None = None, seed: int = 0, latents=None, output_type: str = "np",
+                 *, do_classifier_free_guidance: bool | None = None, sampler: str = "euler",
+                 progress: Callable[[int], None] | None = None):
+        """Generates a clip per image.
+
+        Args:
+          image: a PIL image, or a list of same-size PIL images (then outputs get a leading batch axis).
+          num_frames: frames T (default: the UNet config's num_frames).
+          height, width: output size, multiples of the VAE's scale factor (8 for SVD).
+          num_inference_steps: 1 = SF-V one step (x0 = D(x; sigma_max)); N > 1 = SVD's Euler sampler.
+          fps, motion_bucket_id, noise_aug_strength: SVD's micro-conditioning (time ids [fps - 1, ...]).
+          min_guidance_scale, max_guidance_scale: per-frame CFG ramp linspace(min, max, T).
+          decode_chunk_size: frames per VAE decode chunk (default: all frames at once, as diffusers).
+          seed: seeds the noise augmentation (drawn first) and the initial latents.
+          latents: unit noise (T, h, w, 4) or (B, T, h, w, 4); scaled by init_noise_sigma like diffusers.
+          output_type: "np" float32 frames in [0, 1] (T, H, W, 3); "uint8"; "latent" final latents (T, h, w, 4).
+          do_classifier_free_guidance: None = diffusers' rule for multi-step, none at one step; True/False force it
+            (True still needs max_guidance_scale > 1 to have an effect, as in diffusers).
+          sampler: "euler" (SVD) or "sfv" (SF-V's few-step refinement over the top Karras levels of a
+            4-level schedule, 1 to 3 steps, re-noising x0_hat between steps).
+          progress: called on the host with the step index after each sampler step.
+        """
+        images, batched = _as_pil_list(image)
+        num_frames = self.unet.config.num_frames if num_frames is None else int(num_frames)
+        self._check(num_frames, height, width, num_inference_steps, decode_chunk_size, output_type, sampler)
+        batch = len(images)
+        self.last_timings = {}
+        key_aug, key_latents, key_renoise = jax.random.split(jax.random.key(seed), 3)
+
+        # 1. CLIP on the original image.
+        embeds = self._run("image_encoder", _encode_image, (), jnp.asarray(_to_array(images)))
+
+        # 2-3. conditioning frame: resize, noise augmentation (drawn before the latents), VAE mode.
+        cond = jnp.asarray(_to_array(_resize(images, height, width)))
+        aug_noise = jax.random.normal(key_aug, cond.shape, jnp.float32)
+        image_latents = self._run("vae_encode", _encode_vae, (), cond, aug_noise, jnp.float32(noise_aug_strength))
+        image_latents = jnp.repeat(image_latents[:, None], num_frames, axis=1)
+
+        time_ids = jnp.tile(jnp.asarray([[fps - 1, motion_bucket_id, noise_aug_strength]], jnp.float32), (batch, 1))
+        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+        shape = (batch, num_frames, h, w, self.unet.config.out_channels)
+        if latents is None:
+            noise = jax.random.normal(key_latents, shape, jnp.float32)
+        else:
+            noise = jnp.asarray(latents, jnp.float32)
+            noise = noise[None] if noise.ndim == 4 else noise
+            if noise.shape != shape:
+                raise SfvError(f"latents must be shaped {shape[1:]} or {shape}, got {tuple(np.shape(latents))}")
+        x = noise * jnp.float32(self.schedule.init_noise_sigma)
+
+        use_cfg = max_guidance_scale > 1 and (num_inference_steps > 1 if do_classifier_free_guidance is None
+                                              else bool(do_classifier_free_guidance))
+        guidance = guidance_ramp(min_guidance_scale, max_guidance_scale, num_frames, batch)
+
+        # 4. the sampler: one compiled program over all steps.
+        if progress is not None:
+            _progress_hook.append(progress)
+        try:
+            if sampler == "euler":
+                sigmas = jnp.asarray(self.schedule.sigmas(num_inference_steps))
+                x = self._run("unet", _sample_euler, (use_cfg, progress is not None), x, sigmas, image_latents,
+                              embeds, time_ids, guidance)
+            else:
+                levels = jnp.asarray(sfv_levels(num_inference_steps, self.schedule))
+                renoise = jax.random.normal(key_renoise, (num_inference_steps - 1, *shape), jnp.float32)
+                x = self._run("unet", _sample_sfv, (use_cfg,), x, levels, renoise, image_latents, embeds,
+                              time_ids, guidance)
+        finally:
+            if progress is not None:
+                _progress_hook.remove(progress)
+        self.last_timings["unet"]["steps"] = num_inference_steps
+
+        if output_type == "latent":
+            out = np.asarray(x)
+        else:
+            # 5. decode: all clips flattened, chunked as diffusers' decode_latents.
+            chunk = num_frames if decode_chunk_size is None else int(decode_chunk_size)
+            flat = x.reshape(batch * num_frames, h, w, -1)
+            frames = self._run("vae_decode", _decode, (num_frames, chunk), flat)
+            out = np.asarray(frames).reshape(batch, num_frames, height, width, -1)
+            if output_type == "uint8":
+                out = (out * 255).round().astype(np.uint8)
+        return out if batched else out[0]
+
+    def _check(self, num_frames, height, width, steps, decode_chunk_size, output_type, sampler):
+        f = self.vae_scale_factor
+        if num_frames < 1:
+            raise SfvError(f"num_frames must be >= 1, got {num_frames}")
+        if height < f or width < f or height % f or width % f:
+            raise SfvError(f"height and width must be positive multiples of {f}, got {height}x{width}; "
+                           f"round them to a multiple of {f}")
+        if int(steps) < 1:
+            raise SfvError(f"num_inference_steps must be >= 1, got {steps}")
+        if decode_chunk_size is not None and int(decode_chunk_size) < 1:
+            raise SfvError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
+        if output_type not in OUTPUT_TYPES:
+            raise SfvError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if sampler not in ("euler", "sfv"):
+            raise SfvError(f"sampler must be 'euler' or 'sfv', got {sampler!r}")
+        if sampler == "sfv" and not 1 <= steps <= 3:
+            raise SfvError(f"the sfv sampler runs 1 to 3 steps, got {steps}")
