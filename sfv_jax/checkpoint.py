@@ -2,6 +2,8 @@
 
 Layout of CKPT/:
   sfv_jax.json   {"format": 1, "components": {name: {"class": ..., "config": {...}}}, "extra": {...}}
+                 extra["pipeline"], for a converted pipeline folder: {"model_index": {...}, "files":
+                 {"scheduler/scheduler_config.json": {...}, "feature_extractor/preprocessor_config.json": {...}}}
   params/        Orbax (OCDBT) tree {name: {"dotted.param.path": array}}
 Restoring builds each module abstractly and lets Orbax read every array straight into its
 target sharding, so no host ever holds a full replicated copy per device.
@@ -18,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from sfv_jax.convert.components import COMPONENTS
+from sfv_jax.convert.components import component_for_class, component_for_module
 from sfv_jax.convert.module_state import AbstractModel, flat_params
 from sfv_jax.errors import CheckpointError
 from sfv_jax.fileio import atomic_directory
@@ -28,16 +30,29 @@ FORMAT_VERSION = 1
 INDEX_NAME = "sfv_jax.json"
 
 
+def _to_store(value: jax.Array, dtype=None) -> jax.Array | np.ndarray:
+    """`value` (cast to `dtype`) as Orbax should write it.
+
+    An array on one device goes to the host as numpy: Orbax writes numpy arrays several times faster
+    than small jax.Arrays, and a host cast avoids compiling a device cast per parameter shape.
+    Sharded arrays stay on their devices (cast there), so Orbax writes each shard where it lives.
+    """
+    dtype = jax.numpy.dtype(dtype) if dtype else value.dtype
+    if isinstance(value, jax.Array) and len(value.sharding.device_set) > 1:
+        return value if value.dtype == dtype else value.astype(dtype)
+    return np.asarray(value).astype(dtype, copy=False)
+
+
 def save_checkpoint(path: str, modules: Mapping[str, nnx.Module], extra: Mapping | None = None,
                     dtype: str | None = None, overwrite: bool = False) -> None:
     """Writes `modules` (e.g. {"unet": unet}) to `path` atomically; `dtype` casts the stored params."""
     index = {"format": FORMAT_VERSION, "components": {}, "extra": dict(extra or {})}
     tree = {}
     for name, module in modules.items():
-        class_name = module.config.to_diffusers_dict()["_class_name"]
-        index["components"][name] = {"class": class_name, "config": COMPONENTS[class_name].config_dict(module)}
+        component = component_for_module(module)
+        index["components"][name] = {"class": component.class_name, "config": component.config_dict(module)}
         params = flat_params(module)
-        tree[name] = {k: v.astype(dtype) if dtype else v for k, v in params.items()}
+        tree[name] = {k: _to_store(v, dtype) for k, v in params.items()}
     with atomic_directory(path, overwrite=overwrite) as tmp:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(os.path.join(tmp, "params"), tree)
@@ -76,8 +91,11 @@ def load_checkpoint(path: str, options: ModelOptions = ModelOptions(), names: li
         if name not in index["components"]:
             raise CheckpointError(f"{path}: has no component {name!r} (it has {sorted(index['components'])})")
         entry = index["components"][name]
-        component = COMPONENTS[entry["class"]]
-        config = component.config_from_dict(entry["config"])
+        component = component_for_class(entry.get("class"), f"{path}/{INDEX_NAME} component {name!r}")
+        try:
+            config = component.config_from_dict(entry["config"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}/{INDEX_NAME}: bad config of component {name!r} ({e})") from None
         model = AbstractModel(lambda rngs: component.build(config, options, rngs))
         abstract_models[name] = model
         target[name] = {

@@ -21,22 +21,36 @@ def _add_convert(subparsers):
     p.set_defaults(run=_run_convert)
 
 
+def _refuse_existing(path: str, overwrite: bool = False) -> None:
+    """Fails before any work when the output exists (the atomic writers would fail only at the end)."""
+    import os
+    if os.path.exists(path) and not overwrite:
+        raise SfvError(f"{os.path.abspath(path)} already exists; choose another --out or delete it first")
+
+
 def _run_convert(args):
     import time
 
     from sfv_jax.checkpoint import save_checkpoint
     from sfv_jax.convert.hub import download_pipeline
-    from sfv_jax.convert.pipeline import load_diffusers_folder
+    from sfv_jax.convert.pipeline import load_diffusers_folder, read_pipeline_configs
 
     start = time.perf_counter()
+    _refuse_existing(args.out, args.overwrite)
     folder = args.diffusers or download_pipeline(args.hf_repo, args.revision, args.variant)
-    modules = load_diffusers_folder(folder, variant=args.variant, progress=True)
-    save_checkpoint(args.out, modules, extra={"source": folder}, dtype=args.dtype, overwrite=args.overwrite)
-    print(f"wrote {args.out} ({', '.join(modules)}) in {time.perf_counter() - start:.1f}s")
+    pipeline = read_pipeline_configs(folder)  # None for a single component folder
+    # Progress bars only on a terminal: a failed run prints its one-line error and nothing else.
+    modules = load_diffusers_folder(folder, variant=args.variant, progress=sys.stderr.isatty())
+    extra = {"source": args.hf_repo or folder, **({"revision": args.revision} if args.hf_repo else {}),
+             **({"variant": args.variant} if args.variant else {}), **({"pipeline": pipeline} if pipeline else {})}
+    save_checkpoint(args.out, modules, extra=extra, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {args.out} ({', '.join(modules)}{' + pipeline configs' if pipeline else ''}, {args.dtype}) "
+          f"in {time.perf_counter() - start:.1f}s")
 
 
 def _add_export(subparsers):
-    p = subparsers.add_parser("export", help="sfv-jax checkpoint -> diffusers folder")
+    p = subparsers.add_parser(
+        "export", help="sfv-jax checkpoint -> diffusers folder (a whole pipeline folder if it was converted from one)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
@@ -45,15 +59,18 @@ def _add_export(subparsers):
 
 
 def _run_export(args):
-    from sfv_jax.checkpoint import load_checkpoint
-    from sfv_jax.convert.pipeline import write_diffusers_folder
-
-    modules = load_checkpoint(args.checkpoint)
     import ml_dtypes
     import numpy as np
+
+    from sfv_jax.checkpoint import load_checkpoint, read_index
+    from sfv_jax.convert.pipeline import write_diffusers_folder
+
+    _refuse_existing(args.out)
+    pipeline = read_index(args.checkpoint).get("extra", {}).get("pipeline")
+    modules = load_checkpoint(args.checkpoint)
     dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(args.dtype)
-    write_diffusers_folder(modules, args.out, dtype)
-    print(f"wrote {args.out} ({', '.join(modules)})")
+    write_diffusers_folder(modules, args.out, dtype, pipeline=pipeline)
+    print(f"wrote {args.out} ({'pipeline: ' if pipeline else ''}{', '.join(modules)})")
 
 
 def _add_demo(subparsers):
