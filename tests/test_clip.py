@@ -26,6 +26,9 @@ from sfv_jax.convert.module_state import flat_params
 from sfv_jax.convert.rulebook import flax_key_for, flax_shape
 from sfv_jax.convert.weight_files import TensorSource
 from sfv_jax.errors import CheckpointError
+from tests.reference import channels_first as nchw
+from tests.reference import channels_last as nhwc
+from tests.reference import randomize_, rel_err
 from sfv_jax.models import CLIPVisionConfig, ModelOptions
 from sfv_jax.models.clip_preprocess import preprocess_for_clip
 
@@ -36,27 +39,10 @@ BOUND = 1e-5
 PREPROCESS_BOUND = 1e-4  # max abs, on normalised pixels (about 4 units per [0, 1])
 
 
-def rel_err(out, ref) -> float:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Perturbs every parameter so that no LayerNorm, bias or embedding sits at its trivial init."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = lambda p, std: torch.randn(p.shape, generator=gen) * std
-    norms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            owner, leaf = name.rpartition(".")[0], name.rpartition(".")[2]
-            if owner in norms:
-                p.copy_((1.0 if leaf == "weight" else 0.0) + noise(p, 0.3))
-            else:
-                p.add_(noise(p, 0.05))
 
 
-def nhwc(t: torch.Tensor) -> jax.Array:
-    return jnp.asarray(t.permute(0, 2, 3, 1).numpy())
 
 
 def save_tiny(folder: str, seed: int = 0, **overrides) -> TorchCLIP:

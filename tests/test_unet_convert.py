@@ -111,8 +111,8 @@ def _break_truncated(folder):
 
 
 def _break_other_class(folder):
-    _write_config(folder, _class_name="AutoencoderKLTemporalDecoder")
-    return "AutoencoderKLTemporalDecoder"
+    _write_config(folder, _class_name="UNet2DConditionModel")  # Stable Diffusion's UNet, not SVD's
+    return "UNet2DConditionModel"
 
 
 def _break_unknown_config_key(folder):

@@ -23,6 +23,9 @@ from sfv_jax.convert.vae import WEIGHTS_NAME, abstract_vae
 from sfv_jax.convert.vae_rules import VAE_RULES
 from sfv_jax.convert.weight_files import TensorSource
 from sfv_jax.errors import CheckpointError
+from tests.reference import channels_first as nchw
+from tests.reference import channels_last as nhwc
+from tests.reference import randomize_, rel_err
 from sfv_jax.models import ModelOptions, VAEConfig
 
 SVD_XT = os.path.join(os.path.dirname(__file__), "data", "svd-xt-configs", "vae")
@@ -33,33 +36,12 @@ TINY = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",
 BOUND = 1e-5
 
 
-def rel_err(out, ref) -> float:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Perturbs every parameter so that no norm, bias or mix factor sits at its trivial init."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = lambda p, std: torch.randn(p.shape, generator=gen) * std
-    norms = {name for name, m in model.named_modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            owner, leaf = name.rpartition(".")[0], name.rpartition(".")[2]
-            if owner in norms:
-                p.copy_((1.0 if leaf == "weight" else 0.0) + noise(p, 0.3))
-            elif leaf == "mix_factor":
-                p.copy_(noise(p, 1.0))
-            else:
-                p.add_(noise(p, 0.05))
 
 
-def nhwc(t: torch.Tensor) -> jax.Array:
-    return jnp.asarray(t.permute(0, 2, 3, 1).numpy())
 
 
-def nchw(a) -> np.ndarray:
-    return np.asarray(a).transpose(0, 3, 1, 2)
 
 
 def pipeline_decode(vae: TorchVAE, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
