@@ -151,21 +151,24 @@ def test_export_pipeline_is_bit_exact_and_loads_in_diffusers(folders, checkpoint
 
 
 def test_single_component_folder_still_converts_and_exports(folders, tmp_path):
+    """A vae/ folder alone, stored as bfloat16, exports back to a vae/ folder diffusers loads."""
+    import ml_dtypes
     from orbax.checkpoint import StandardCheckpointer
-    ckpt, exported = str(tmp_path / "unet_ckpt"), str(tmp_path / "unet_out")
-    unet_folder = os.path.join(folders["plain"], "unet")
-    assert main(["convert", "--diffusers", unet_folder, "--out", ckpt, "--dtype", "bfloat16"]) == 0
+    ckpt, exported = str(tmp_path / "vae_ckpt"), str(tmp_path / "vae_out")
+    vae_folder = os.path.join(folders["plain"], "vae")
+    assert main(["convert", "--diffusers", vae_folder, "--out", ckpt, "--dtype", "bfloat16"]) == 0
     index = read_index(ckpt)
-    assert list(index["components"]) == ["unet"] and "pipeline" not in index["extra"]
+    assert list(index["components"]) == ["vae"] and "pipeline" not in index["extra"]
     stored = StandardCheckpointer().metadata(os.path.join(ckpt, "params")).item_metadata.tree
-    assert {m.dtype.name for m in stored["unet"].values()} == {"bfloat16"}
+    assert {m.dtype.name for m in stored["vae"].values()} == {"bfloat16"}
     assert main(["export", "--checkpoint", ckpt, "--out", exported]) == 0
     assert sorted(os.listdir(exported)) == ["config.json", "diffusion_pytorch_model.safetensors"]
-    original = load_file(os.path.join(unet_folder, "diffusion_pytorch_model.safetensors"))
+    original = load_file(os.path.join(vae_folder, "diffusion_pytorch_model.safetensors"))
     back = load_file(os.path.join(exported, "diffusion_pytorch_model.safetensors"))
-    import ml_dtypes
+    assert set(back) == set(original)
     for key, value in original.items():  # float32 holding the bfloat16-rounded values
         np.testing.assert_array_equal(back[key], value.astype(ml_dtypes.bfloat16).astype(np.float32), err_msg=key)
+    assert TorchVAE.from_pretrained(exported).config.block_out_channels == list(TINY_VAE["block_out_channels"])
 
 
 def test_fp16_variant_converts(folders, tmp_path):
@@ -274,6 +277,7 @@ SHARDED_RESTORE = textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
     from sfv_jax.checkpoint import load_checkpoint
     from sfv_jax.convert.module_state import flat_params
+    import orbax.checkpoint as ocp
 
     assert jax.device_count() == 8, jax.devices()
     mesh = jax.make_mesh((8,), ("fsdp",))
@@ -288,10 +292,13 @@ SHARDED_RESTORE = textwrap.dedent("""
         return requested[component, key]
 
     sharded = load_checkpoint(sys.argv[1], sharding_for=sharding_for)
-    plain = load_checkpoint(sys.argv[1])
+    path = sys.argv[1] + "/params"  # the unsharded values, read as numpy
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                ocp.StandardCheckpointer().metadata(path).item_metadata.tree)
+    plain = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
     count = 0
     for name, module in sharded.items():
-        reference = flat_params(plain[name])
+        reference = plain[name]
         for key, value in flat_params(module).items():
             assert value.sharding == requested[name, key], (name, key, value.sharding, requested[name, key])
             np.testing.assert_array_equal(np.asarray(value), np.asarray(reference[key]), err_msg=key)

@@ -45,32 +45,36 @@ def is_pipeline_folder(folder: str) -> bool:
 
 @dataclasses.dataclass
 class _Prepared:
-    """One component folder, checked: its config parsed, weight headers read, every tensor mapped."""
+    """One component folder, checked: its config parsed and its weight files' headers read."""
     component: Component
-    model: AbstractModel
+    config: object
     source: TensorSource
+    model: AbstractModel | None = None
+
+    def plan(self, options: ModelOptions) -> None:
+        """Builds the model abstractly and maps every tensor (raises, listing every problem)."""
+        c = self.component
+        self.model = AbstractModel(lambda rngs: c.build(self.config, options, rngs))
+        plan_import(self.source, c.rules, self.model.shapes, c.class_name)
 
     def convert(self, place: Callable | None, progress: bool) -> nnx.Module:
         c = self.component
         return self.model.merge(import_params(self.source, c.rules, self.model.shapes, c.class_name, place, progress))
 
 
-def _prepare(folder: str, options: ModelOptions, variant: str | None, expected_class: str | None = None,
-             name: str | None = None) -> _Prepared:
+def _prepare(folder: str, variant: str | None, expected_class: str | None = None, name: str | None = None) -> _Prepared:
+    """The cheap checks of a component folder: config class and values, weight files and their headers."""
     config_path = os.path.join(folder, "config.json")
     raw = read_config(folder)
     component = component_for_config(raw, config_path)
     if expected_class is not None and component.class_name != expected_class:
-        raise CheckpointError(f"{config_path}: holds a {component.class_name}, but a pipeline's {name}/ folder "
+        raise CheckpointError(f"{config_path}: is the config of {component.class_name}, but a pipeline's {name}/ folder "
                               f"must hold a {expected_class}")
     try:
         config = component.config_from_dict(raw)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
-    model = AbstractModel(lambda rngs: component.build(config, options, rngs))
-    source = TensorSource(weight_paths(folder, component.weights_name, variant))
-    plan_import(source, component.rules, model.shapes, component.class_name)  # raises, listing every problem
-    return _Prepared(component, model, source)
+    return _Prepared(component, config, TensorSource(weight_paths(folder, component.weights_name, variant)))
 
 
 def read_pipeline_configs(folder: str) -> dict | None:
@@ -113,7 +117,8 @@ def load_diffusers_folder(folder: str, variant: str | None = None, options: Mode
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: folder not found")
     if not is_pipeline_folder(folder):
-        prepared = _prepare(folder, options, variant)
+        prepared = _prepare(folder, variant)
+        prepared.plan(options)
         name = next(n for n, c in PIPELINE_COMPONENTS.items() if c == prepared.component.class_name)
         return {name: prepared.convert(place, progress)}
     index_path = os.path.join(folder, MODEL_INDEX)
@@ -127,7 +132,9 @@ def load_diffusers_folder(folder: str, variant: str | None = None, options: Mode
         if name not in model_index:
             raise CheckpointError(f"{index_path}: does not list {name}; a Stable Video Diffusion pipeline holds "
                                   f"{', '.join(PIPELINE_COMPONENTS)}")
-        prepared[name] = _prepare(sub, options, variant, expected_class, name)
+        prepared[name] = _prepare(sub, variant, expected_class, name)
+    for p in prepared.values():  # every folder is sound: now the model shapes (slower) and every tensor's place
+        p.plan(options)
     return {name: p.convert(place, progress) for name, p in prepared.items()}
 
 
