@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from sfv_jax.models.diffusers_config import dataclass_from_diffusers, dataclass_to_diffusers
+
 DIFFUSERS_CLASS_NAME = "UNetSpatioTemporalConditionModel"
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
 UP_BLOCK_TYPES = ("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal")
@@ -58,23 +60,9 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "UNetConfig":
-        """From a diffusers config.json dict or an ml_collections dict; unknown keys are an error.
-
-        Keys starting with "_" (diffusers' metadata) are ignored except _class_name, which must name
-        UNetSpatioTemporalConditionModel when present.
-        """
-        class_name = config.get("_class_name", DIFFUSERS_CLASS_NAME)
-        if class_name != DIFFUSERS_CLASS_NAME:
-            raise ValueError(f"config is for {class_name}, not {DIFFUSERS_CLASS_NAME}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in config.items() if not k.startswith("_")}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown UNet config keys {unknown}; known keys: {sorted(fields)}")
-        values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
-        return cls(**values)
+        """From a diffusers config.json dict (or an ml_collections dict); unknown keys are an error."""
+        return dataclass_from_diffusers(cls, config, DIFFUSERS_CLASS_NAME, "UNet")
 
     def to_diffusers_dict(self) -> dict[str, Any]:
         """The config.json diffusers writes for this model."""
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        return {"_class_name": DIFFUSERS_CLASS_NAME, "_diffusers_version": "0.42.1", **values}
+        return dataclass_to_diffusers(self, DIFFUSERS_CLASS_NAME)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sfv_jax.models.diffusers_config import dataclass_from_diffusers, dataclass_to_diffusers
 from sfv_jax.models.layers import conv
 from sfv_jax.models.options import ModelOptions
 from sfv_jax.models.vae_blocks import Encoder, TemporalDecoder
@@ -52,26 +53,12 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "VAEConfig":
-        """From a diffusers config.json dict; unknown keys are an error.
-
-        Keys starting with "_" (diffusers' metadata) are ignored except _class_name, which must name
-        AutoencoderKLTemporalDecoder when present.
-        """
-        class_name = config.get("_class_name", DIFFUSERS_CLASS_NAME)
-        if class_name != DIFFUSERS_CLASS_NAME:
-            raise ValueError(f"config is for {class_name}, not {DIFFUSERS_CLASS_NAME}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in config.items() if not k.startswith("_")}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown VAE config keys {unknown}; known keys: {sorted(fields)}")
-        values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
-        return cls(**values)
+        """From a diffusers config.json dict (or an ml_collections dict); unknown keys are an error."""
+        return dataclass_from_diffusers(cls, config, DIFFUSERS_CLASS_NAME, "VAE")
 
     def to_diffusers_dict(self) -> dict[str, Any]:
         """The config.json diffusers writes for this model."""
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        return {"_class_name": DIFFUSERS_CLASS_NAME, "_diffusers_version": "0.42.1", **values}
+        return dataclass_to_diffusers(self, DIFFUSERS_CLASS_NAME)
 
 
 class AutoencoderKLTemporalDecoder(nnx.Module):
