@@ -48,11 +48,15 @@ def test_fp16_variant_and_sharded_weights(tmp_path):
     assert any(name.endswith(".index.json") for name in os.listdir(sharded))
     for key, value in flat_params(unet_from_diffusers(sharded)).items():
         assert np.array_equal(value, reference[key]), key
-    fp16 = save_unet(torch_unet.half(), str(tmp_path / "fp16"), variant="fp16")
-    loaded = flat_params(unet_from_diffusers(fp16))  # the only variant present is found
-    assert loaded["conv_in.kernel"].dtype == np.float32
-    for key, value in loaded.items():
-        np.testing.assert_array_equal(value, np.asarray(reference[key]).astype(np.float16).astype(np.float32))
+    torch_unet = torch_unet.half()
+    fp16 = save_unet(torch_unet, str(tmp_path / "fp16"), variant="fp16")
+    fp16_sharded = save_unet(torch_unet, str(tmp_path / "fp16_sharded"), variant="fp16", max_shard_size="200KB")
+    assert any(".index.fp16." in name for name in os.listdir(fp16_sharded))  # diffusers' variant index name
+    for folder in (fp16, fp16_sharded):
+        loaded = flat_params(unet_from_diffusers(folder))  # the only variant present is found
+        assert loaded["conv_in.kernel"].dtype == np.float32
+        for key, value in loaded.items():
+            np.testing.assert_array_equal(value, np.asarray(reference[key]).astype(np.float16).astype(np.float32))
 
 
 def test_full_size_svd_xt_inventory_maps_one_to_one():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -34,17 +35,26 @@ def weight_paths(folder: str, weights_name: str, variant: str | None = None) -> 
     variant=None the plain weights are used, else the only variant present (e.g. fp16).
     """
     def candidates(v):
-        stem = f"{weights_name}.{v}" if v else weights_name
-        return os.path.join(folder, f"{stem}.safetensors"), os.path.join(folder, f"{stem}.safetensors.index.json")
+        """Single file, then the index names diffusers/transformers write (and the older one)."""
+        if not v:
+            return [f"{weights_name}.safetensors", f"{weights_name}.safetensors.index.json"]
+        return [f"{weights_name}.{v}.safetensors", f"{weights_name}.safetensors.index.{v}.json",
+                f"{weights_name}.{v}.safetensors.index.json"]
 
-    variants = [variant] if variant else [None] + sorted(
-        {name.split(".")[1] for name in os.listdir(folder) if name.startswith(weights_name + ".")
-         and name.count(".") >= 2 and name.split(".")[1] not in ("safetensors", "bin")} if os.path.isdir(folder) else [])
+    variant_pattern = re.compile(
+        rf"{re.escape(weights_name)}\.(?:(\w+)(?:-\d+-of-\d+)?\.safetensors|safetensors\.index\.(\w+)\.json)$")
+    present = set()
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            match = variant_pattern.match(name)
+            if match:
+                present.add(match.group(1) or match.group(2))
+    variants = [variant] if variant else [None] + sorted(present)
     for v in variants:
-        single, index = candidates(v)
+        single, *indexes = (os.path.join(folder, name) for name in candidates(v))
         if os.path.isfile(single):
             return [single]
-        if os.path.isfile(index):
+        for index in filter(os.path.isfile, indexes):
             try:
                 with open(index) as f:
                     weight_map = json.load(f)["weight_map"]
