@@ -54,7 +54,7 @@ def _add_export(subparsers):
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
-                   help="dtype of the written tensors (default: as stored)")
+                   help="dtype of the written tensors (default: float32)")
     p.set_defaults(run=_run_export)
 
 
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(subparsers)
     _add_export(subparsers)
     _add_demo(subparsers)
+    __import__("sfv_jax.sample_cli", fromlist=["x"]).add_sample_parser(subparsers)
     return parser
 
 

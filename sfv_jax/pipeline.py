@@ -12,7 +12,7 @@ default, since SF-V is trained without it; pass do_classifier_free_guidance=True
 behaviour there (diffusers guides at one step too when max_guidance_scale > 1).
 
 Every stage is one jitted program, compiled ahead of time once per input shape and kept in
-`self._compiled`; `self.last_timings` holds per-stage compile and run seconds of the last call.
+a module-level cache; `self.last_timings` holds per-stage compile and run seconds of the last call.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from sfv_jax.diffusion import edm
-from sfv_jax.diffusion.sampler import euler_sample, guidance_ramp, sfv_levels, sfv_sample
+from sfv_jax.diffusion.sampler import euler_sample, guidance_ramp, pad_sigmas, sfv_levels, sfv_sample
 from sfv_jax.errors import CheckpointError, SfvError
 
 COMPONENTS = ("unet", "vae", "image_encoder")
@@ -52,11 +52,12 @@ def _encode_vae(graphdef, state, images, noise, strength):
     return nnx.merge(graphdef, state).encode(images + strength * noise).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 8, 9))
-def _sample_euler(graphdef, state, latents, sigmas, image_latents, embeds, time_ids, guidance, use_cfg, progress):
+@functools.partial(jax.jit, static_argnums=(0, 9, 10))
+def _sample_euler(graphdef, state, latents, sigmas, num_steps, image_latents, embeds, time_ids, guidance, use_cfg,
+                  progress):
     unet = nnx.merge(graphdef, state)
     return euler_sample(unet, latents, sigmas, image_latents, embeds, time_ids, guidance if use_cfg else None,
-                        on_step=_progress_tick if progress else None)
+                        on_step=_progress_tick if progress else None, num_steps=num_steps)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 9))
@@ -72,6 +73,9 @@ def _decode(graphdef, state, latents, num_frames, chunk):
     frames = vae.decode(latents * (1 / vae.config.scaling_factor), num_frames, chunk).astype(jnp.float32)
     return jnp.clip(frames / 2 + 0.5, 0.0, 1.0)
 
+
+# AOT-compiled stages: (stage, function, graphdef, statics, input signature) -> jax.stages.Compiled.
+_COMPILED: dict[tuple, Any] = {}
 
 # Host-side progress: the sampler's loop calls this after each step (jax.debug.callback).
 _progress_hook: list[Callable[[int], None]] = []
@@ -122,7 +126,6 @@ class SFVPipeline:
         except ValueError as e:
             raise CheckpointError(str(e)) from None
         self._split = {name: nnx.split(getattr(self, name)) for name in COMPONENTS}
-        self._compiled: dict[tuple, Any] = {}
         self.last_timings: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------ loading
@@ -171,14 +174,16 @@ class SFVPipeline:
         """Runs jitted `fn(graphdef, state, *args, *statics)` through an AOT-compiled cache; times compile and run."""
         graphdef, state = self._split[{"image_encoder": "image_encoder", "vae_encode": "vae", "unet": "unet",
                                        "vae_decode": "vae"}[stage]]
-        key = (stage, fn.__name__, statics, _signature(args))
+        # Keyed by the module's graphdef (hashable, equal for equal architectures), so a second
+        # pipeline with the same configs and shapes reuses the compiled programs.
+        key = (stage, fn.__name__, graphdef, statics, _signature(state, args))
         timing = self.last_timings.setdefault(stage, {"compile_s": 0.0, "run_s": 0.0})
-        compiled = self._compiled.get(key)
+        compiled = _COMPILED.get(key)
         if compiled is None:
             start = time.perf_counter()
             compiled = fn.lower(graphdef, state, *args, *statics).compile()
             timing["compile_s"] += time.perf_counter() - start
-            self._compiled[key] = compiled
+            _COMPILED[key] = compiled
         start = time.perf_counter()
         out = jax.block_until_ready(compiled(state, *args))
         timing["run_s"] += time.perf_counter() - start
@@ -248,9 +253,10 @@ class SFVPipeline:
             _progress_hook.append(progress)
         try:
             if sampler == "euler":
-                sigmas = jnp.asarray(self.schedule.sigmas(num_inference_steps))
-                x = self._run("unet", _sample_euler, (use_cfg, progress is not None), x, sigmas, image_latents,
-                              embeds, time_ids, guidance)
+                # Padded schedule + traced step count: one compiled sampler for every step count up to 31.
+                sigmas = jnp.asarray(pad_sigmas(self.schedule.sigmas(num_inference_steps)))
+                x = self._run("unet", _sample_euler, (use_cfg, progress is not None), x, sigmas,
+                              jnp.int32(num_inference_steps), image_latents, embeds, time_ids, guidance)
             else:
                 levels = jnp.asarray(sfv_levels(num_inference_steps, self.schedule))
                 renoise = jax.random.normal(key_renoise, (num_inference_steps - 1, *shape), jnp.float32)

@@ -37,7 +37,7 @@ FRAME_MAX, FRAME_MEAN = 2 / 255, 0.5 / 255
 
 
 def tiny_torch_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
-    unet = tiny_torch_unet(seed)
+    unet = tiny_torch_unet(seed, layers_per_block=1, num_frames=FRAMES)
     torch.manual_seed(seed + 1)
     vae = TorchVAE(**TINY_VAE).eval()
     randomize_(vae, seed + 1)
@@ -92,37 +92,149 @@ def test_preconditioning_matches_scheduler_step():
 
 # ---------------------------------------------------------------- diffusers parity
 
-def run_both(pipelines, image, steps, decode_chunk_size, seed=0, output_type="np"):
+def run_both(pipelines, image, steps, decode_chunk_size, seed=0):
+    """One diffusers run (final latents captured by the step callback, frames as "np") and the same in sfv-jax."""
     torch_pipe, pipe, _ = pipelines
     h, w = HEIGHT // 8, WIDTH // 8
     unit = torch.randn(1, FRAMES, 4, h, w, generator=torch.Generator().manual_seed(seed + 10))
     kwargs = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=steps, noise_aug_strength=0.0,
                   min_guidance_scale=1.0, max_guidance_scale=3.0, decode_chunk_size=decode_chunk_size, fps=7,
                   motion_bucket_id=127)
+    captured = {}
+
+    def keep_latents(_pipe, _i, _t, tensors):
+        captured["latents"] = tensors["latents"]
+        return {}
+
     with torch.no_grad():
-        ref = torch_pipe(image, latents=unit.clone(), output_type=output_type, **kwargs).frames
+        ref_frames = torch_pipe(image, latents=unit.clone(), output_type="np", callback_on_step_end=keep_latents,
+                                **kwargs).frames[0]
+    ref_latents = captured["latents"][0].permute(0, 2, 3, 1).numpy()
     # diffusers guides at every step count when max_guidance_scale > 1: ask for the same at one step.
-    out = pipe(image, latents=unit[0].permute(0, 2, 3, 1).numpy(), output_type=output_type,
-               do_classifier_free_guidance=True, **kwargs)
-    ref = ref[0].permute(0, 2, 3, 1).numpy() if output_type == "latent" else np.asarray(ref[0])
-    return out, ref
-
-
-@pytest.mark.parametrize("steps", [1, 2, 4])
-def test_latents_match_diffusers(pipelines, steps):
-    image = random_image(80, 56, seed=steps)  # not the output size: the resize is part of the test
-    out, ref = run_both(pipelines, image, steps, None, output_type="latent")
-    assert out.shape == ref.shape == (FRAMES, HEIGHT // 8, WIDTH // 8, 4)
-    err = rel_err(out, ref)
-    print(f"steps={steps}: latents rel err {err:.2e}")
-    assert err < LATENT_BOUND
+    unit_jax = unit[0].permute(0, 2, 3, 1).numpy()
+    latents = pipe(image, latents=unit_jax, output_type="latent", do_classifier_free_guidance=True, **kwargs)
+    frames = pipe(image, latents=unit_jax, output_type="np", do_classifier_free_guidance=True, **kwargs)
+    return latents, ref_latents, frames, np.asarray(ref_frames)
 
 
 @pytest.mark.parametrize("steps,chunk", [(1, None), (2, 2), (4, None)])
-def test_frames_match_diffusers(pipelines, steps, chunk):
-    image = random_image(72, 40, seed=10 + steps)
-    out, ref = run_both(pipelines, image, steps, chunk)
-    assert out.shape == ref.shape == (FRAMES, HEIGHT, WIDTH, 3) and out.dtype == np.float32
-    diff = np.abs(out - ref)
-    print(f"steps={steps} chunk={chunk}: frames max abs {diff.max() * 255:.3f}/255, mean {diff.mean() * 255:.4f}/255")
+def test_matches_diffusers(pipelines, steps, chunk):
+    image = random_image(72, 40, seed=steps)  # not the output size: the resize is part of the test
+    latents, ref_latents, frames, ref_frames = run_both(pipelines, image, steps, chunk)
+    assert latents.shape == ref_latents.shape == (FRAMES, HEIGHT // 8, WIDTH // 8, 4)
+    err = rel_err(latents, ref_latents)
+    assert frames.shape == ref_frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and frames.dtype == np.float32
+    diff = np.abs(frames - ref_frames)
+    print(f"steps={steps} chunk={chunk}: latents rel err {err:.2e}; "
+          f"frames max abs {diff.max() * 255:.4f}/255, mean {diff.mean() * 255:.5f}/255")
+    assert err < LATENT_BOUND
     assert diff.max() <= FRAME_MAX and diff.mean() <= FRAME_MEAN
+
+
+def test_one_step_is_sfv_without_guidance(pipelines):
+    """Default one-step call: no CFG (guidance ramp ignored), equal to the unguided Euler step = D(x; sigma_max)."""
+    _, pipe, _ = pipelines
+    image = random_image(64, 48, seed=3)
+    kwargs = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, output_type="latent", seed=5)
+    default = pipe(image, **kwargs)
+    unguided = pipe(image, do_classifier_free_guidance=False, **kwargs)
+    guided = pipe(image, do_classifier_free_guidance=True, **kwargs)
+    np.testing.assert_array_equal(default, unguided)
+    assert rel_err(guided, default) > 1e-3
+
+
+def test_same_seed_same_video(pipelines):
+    _, pipe, _ = pipelines
+    image = random_image(64, 48, seed=4)
+    kwargs = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=2, noise_aug_strength=0.3)
+    a, b = pipe(image, seed=7, **kwargs), pipe(image, seed=7, **kwargs)
+    c = pipe(image, seed=8, **kwargs)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+    assert a.min() >= 0 and a.max() <= 1
+    u8 = pipe(image, seed=7, output_type="uint8", **kwargs)
+    assert u8.dtype == np.uint8 and u8.shape == a.shape
+    batch = pipe([image, image], seed=7, output_type="latent", **kwargs)
+    assert batch.shape == (2, FRAMES, HEIGHT // 8, WIDTH // 8, 4)
+
+
+@pytest.mark.slow  # one more UNet compile per step count
+@pytest.mark.parametrize("steps", [1, 3])
+def test_sfv_sampler(pipelines, steps):
+    """SF-V's sampler: one level equals the one-step Euler call (up to float32 rounding of x + (x0 - x) at
+    sigma 700: ~700 * 6e-8 per element); three levels re-noise and refine."""
+    _, pipe, _ = pipelines
+    image = random_image(64, 48, seed=5)
+    kwargs = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=steps, output_type="latent")
+    out = pipe(image, sampler="sfv", **kwargs)
+    if steps == 1:
+        assert rel_err(out, pipe(image, **kwargs)) < 1e-3
+    assert out.shape == (FRAMES, HEIGHT // 8, WIDTH // 8, 4) and np.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- the sample CLI
+
+@pytest.fixture(scope="module")
+def checkpoint(pipelines, tmp_path_factory):
+    from sfv_jax.cli import main
+    out = str(tmp_path_factory.mktemp("ckpt") / "tiny")
+    assert main(["convert", "--diffusers", pipelines[2], "--out", out]) == 0
+    return out
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = str(tmp_path / "in.png")
+    random_image(64, 48, seed=6).save(path)
+    return path
+
+
+@pytest.mark.parametrize("ext", ["gif", "mp4"])
+def test_cli_sample_writes_video(checkpoint, image_file, tmp_path, capsys, ext):
+    from sfv_jax.cli import main
+    out = str(tmp_path / f"clip.{ext}")
+    argv = ["sample", "--checkpoint", checkpoint, "--image", image_file, "--out", out, "--num-frames", str(FRAMES),
+            "--height", str(HEIGHT), "--width", str(WIDTH), "--decode-chunk-size", "2"]
+    assert main(argv + (["--steps", "2"] if ext == "mp4" else [])) == 0
+    printed = capsys.readouterr().out
+    assert "UNet x" in printed and "compile" in printed and "VAE decode" in printed
+    assert os.path.getsize(out) > 0 and os.path.isfile(str(tmp_path / "clip.contact.png"))
+    if ext == "gif":
+        with PIL.Image.open(out) as gif:
+            assert gif.n_frames == FRAMES and gif.size == (WIDTH, HEIGHT)
+    assert sorted(os.listdir(tmp_path)) == sorted([f"clip.{ext}", "clip.contact.png", "in.png"])
+
+
+BAD = {
+    "missing image": (["--image", "{tmp}/nope.png"], "image file not found"),
+    "not an image": (["--image", "{tmp}/text.png"], "not an image"),
+    "height": (["--height", "50"], "multiples of 8"),
+    "width": (["--width", "0"], "multiples of 8"),
+    "frames": (["--num-frames", "0"], "--num-frames"),
+    "chunk": (["--decode-chunk-size", "0"], "--decode-chunk-size"),
+    "extension": (["--out", "{tmp}/clip.avi"], "unknown output extension"),
+    "checkpoint": (["--checkpoint", "{tmp}/no_ckpt"], "checkpoint folder not found"),
+    "not a checkpoint": (["--checkpoint", "{tmp}"], "not an sfv-jax checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_cli_sample_bad_input(case, image_file, tmp_path, capsys):
+    from sfv_jax.cli import main
+    (tmp_path / "text.png").write_text("hello")
+    tmp = str(tmp_path)
+    base = {"--checkpoint": tmp + "/ckpt_dir", "--image": image_file, "--out": tmp + "/clip.gif",
+            "--height": "48", "--width": "64", "--num-frames": "2"}
+    os.makedirs(base["--checkpoint"], exist_ok=True)
+    extra, expected = BAD[case]
+    extra = [a.format(tmp=tmp) for a in extra]
+    args = dict(base, **dict(zip(extra[::2], extra[1::2])))
+    if case != "not a checkpoint" and case != "checkpoint" and base["--checkpoint"] == args["--checkpoint"]:
+        # a folder that exists but is no checkpoint: only reached when the cheap checks pass
+        pass
+    before = set(os.listdir(tmp))
+    assert main(["sample", *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sfv-jax sample: error:") and expected in err, err
+    assert "Traceback" not in err
+    assert set(os.listdir(tmp)) == before

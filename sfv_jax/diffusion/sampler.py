@@ -50,15 +50,18 @@ def denoiser_output(unet, x, sigma, image_latents, image_embeddings, added_time_
 
 def euler_sample(unet: nnx.Module, latents: jax.Array, sigmas: jax.Array, image_latents: jax.Array,
                  image_embeddings: jax.Array, added_time_ids: jax.Array, guidance: jax.Array | None = None,
-                 on_step: Callable[[jax.Array], None] | None = None) -> jax.Array:
+                 on_step: Callable[[jax.Array], None] | None = None, num_steps: jax.Array | int | None = None
+                 ) -> jax.Array:
     """SVD's Euler sampler (diffusers' EulerDiscreteScheduler.step, no churn) over `sigmas` (N + 1,), last 0.
 
     `latents` is the initial noise already scaled by init_noise_sigma. With N = 1 this is SF-V's
     generator: x0_hat = D(x; sigma_max) (the Euler step to sigma 0 lands on x0_hat).
-    `on_step(i)` is called on the host after step i (progress bars). Returns float32 latents.
+    `num_steps` (may be traced) runs only the first steps of a padded `sigmas` (see pad_sigmas), so
+    one compiled program serves every step count. `on_step(i)` is called on the host after step i
+    (progress bars). Returns float32 latents.
     """
     graphdef, state = nnx.split(unet)
-    num_steps = sigmas.shape[0] - 1
+    num_steps = sigmas.shape[0] - 1 if num_steps is None else num_steps
 
     def body(i, carry):
         params, x = carry
@@ -74,6 +77,13 @@ def euler_sample(unet: nnx.Module, latents: jax.Array, sigmas: jax.Array, image_
 
     _, x = jax.lax.fori_loop(0, num_steps, body, (state, latents.astype(jnp.float32)))
     return x
+
+
+def pad_sigmas(sigmas, multiple: int = 32):
+    """Pads a (N + 1,) schedule with zeros to a multiple of `multiple` entries (one compile per bucket)."""
+    import numpy as np
+    size = -(-len(sigmas) // multiple) * multiple
+    return np.concatenate([sigmas, np.zeros(size - len(sigmas), sigmas.dtype)])
 
 
 def sfv_levels(num_steps: int, schedule: edm.NoiseSchedule = edm.NoiseSchedule(), train_levels: int = 4):
@@ -102,6 +112,8 @@ def sfv_sample(unet: nnx.Module, latents: jax.Array, levels: jax.Array, renoise:
         return edm.denoise(out, x, sigma)
 
     x0 = denoised(state, latents.astype(jnp.float32), levels[0])
+    if levels.shape[0] == 1:
+        return x0
 
     def body(i, carry):
         params, x0 = carry
