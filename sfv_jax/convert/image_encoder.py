@@ -7,11 +7,9 @@ from typing import Callable
 import numpy as np
 
 from sfv_jax.convert.clip_rules import CLIP_RULES
-from sfv_jax.convert.engine import import_params
+from sfv_jax.convert.component_io import config_from_folder, module_from_folder
 from sfv_jax.convert.module_state import AbstractModel
-from sfv_jax.convert.weight_files import TensorSource, read_config, weight_paths
 from sfv_jax.convert.writer import write_diffusers_component
-from sfv_jax.errors import CheckpointError
 from sfv_jax.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sfv_jax.models.options import ModelOptions
 
@@ -19,11 +17,7 @@ WEIGHTS_NAME = "model"  # transformers' file name (model.safetensors), not diffu
 
 
 def image_encoder_config_from_folder(folder: str) -> CLIPVisionConfig:
-    config = read_config(folder)
-    try:
-        return CLIPVisionConfig.from_dict(config)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{folder}/config.json: {e}") from None
+    return config_from_folder(folder, CLIPVisionConfig.from_dict)
 
 
 def abstract_image_encoder(config: CLIPVisionConfig, options: ModelOptions) -> AbstractModel:
@@ -37,11 +31,8 @@ def image_encoder_from_diffusers(folder: str, options: ModelOptions = ModelOptio
     Every tensor must map to a parameter of the right shape and every parameter must be filled;
     otherwise a CheckpointError lists all problems. Weights are cast to options.param_dtype.
     """
-    config = image_encoder_config_from_folder(folder)
-    model = abstract_image_encoder(config, options)
-    source = TensorSource(weight_paths(folder, WEIGHTS_NAME, variant))
-    params = import_params(source, CLIP_RULES, model.shapes, "CLIPVisionModelWithProjection", place, progress)
-    return model.merge(params)
+    return module_from_folder(folder, CLIPVisionConfig.from_dict, CLIPVisionModelWithProjection, CLIP_RULES, WEIGHTS_NAME, options,
+                              variant, place, progress)
 
 
 def image_encoder_to_diffusers(image_encoder: CLIPVisionModelWithProjection, folder: str,

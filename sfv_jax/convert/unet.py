@@ -6,23 +6,17 @@ from typing import Callable
 
 import numpy as np
 
-from sfv_jax.convert.engine import import_params
+from sfv_jax.convert.component_io import config_from_folder, module_from_folder
 from sfv_jax.convert.module_state import AbstractModel
 from sfv_jax.convert.unet_rules import UNET_RULES
-from sfv_jax.convert.weight_files import TensorSource, read_config, weight_paths
 from sfv_jax.convert.writer import write_diffusers_component
-from sfv_jax.errors import CheckpointError
 from sfv_jax.models import ModelOptions, UNetConfig, UNetSpatioTemporalConditionModel
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
 def unet_config_from_folder(folder: str) -> UNetConfig:
-    config = read_config(folder)
-    try:
-        return UNetConfig.from_dict(config)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{folder}/config.json: {e}") from None
+    return config_from_folder(folder, UNetConfig.from_dict)
 
 
 def abstract_unet(config: UNetConfig, options: ModelOptions) -> AbstractModel:
@@ -36,11 +30,8 @@ def unet_from_diffusers(folder: str, options: ModelOptions = ModelOptions(), var
     Every tensor must map to a parameter of the right shape and every parameter must be filled;
     otherwise a CheckpointError lists all problems. Weights are cast to options.param_dtype.
     """
-    config = unet_config_from_folder(folder)
-    model = abstract_unet(config, options)
-    source = TensorSource(weight_paths(folder, WEIGHTS_NAME, variant))
-    params = import_params(source, UNET_RULES, model.shapes, "UNetSpatioTemporalConditionModel", place, progress)
-    return model.merge(params)
+    return module_from_folder(folder, UNetConfig.from_dict, UNetSpatioTemporalConditionModel, UNET_RULES, WEIGHTS_NAME, options,
+                              variant, place, progress)
 
 
 def unet_to_diffusers(unet: UNetSpatioTemporalConditionModel, folder: str, dtype: np.dtype | None = None) -> None:
