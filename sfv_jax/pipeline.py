@@ -52,12 +52,13 @@ def _encode_vae(graphdef, state, images, noise, strength):
     return nnx.merge(graphdef, state).encode(images + strength * noise).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 9, 10))
-def _sample_euler(graphdef, state, latents, sigmas, num_steps, image_latents, embeds, time_ids, guidance, use_cfg,
-                  progress):
+@functools.partial(jax.jit, static_argnums=(0, 9))
+def _sample_euler(graphdef, state, latents, sigmas, num_steps, image_latents, embeds, time_ids, guidance, use_cfg):
+    # The progress callback is always compiled in (a no-op without hooks; one host call per step) so that
+    # calls with and without a progress bar share one program.
     unet = nnx.merge(graphdef, state)
     return euler_sample(unet, latents, sigmas, image_latents, embeds, time_ids, guidance if use_cfg else None,
-                        on_step=_progress_tick if progress else None, num_steps=num_steps)
+                        on_step=_progress_tick, num_steps=num_steps)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 9))
@@ -255,7 +256,7 @@ class SFVPipeline:
             if sampler == "euler":
                 # Padded schedule + traced step count: one compiled sampler for every step count up to 31.
                 sigmas = jnp.asarray(pad_sigmas(self.schedule.sigmas(num_inference_steps)))
-                x = self._run("unet", _sample_euler, (use_cfg, progress is not None), x, sigmas,
+                x = self._run("unet", _sample_euler, (use_cfg,), x, sigmas,
                               jnp.int32(num_inference_steps), image_latents, embeds, time_ids, guidance)
             else:
                 levels = jnp.asarray(sfv_levels(num_inference_steps, self.schedule))
