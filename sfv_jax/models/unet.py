@@ -21,9 +21,13 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
     parameter converts by a short rule (sfv_jax/convert/unet_rules.py).
     """
 
-    def __init__(self, config: UNetConfig, options: ModelOptions = ModelOptions(), *, rngs: nnx.Rngs):
+    def __init__(self, config: UNetConfig, options: ModelOptions = ModelOptions(), *, rngs: nnx.Rngs,
+                 encoder_only: bool = False):
+        """`encoder_only` builds conv_in, the embeddings and the down blocks only (SF-V's discriminator
+        backbone): no mid/up/out parameters; only `down_features` can be called then."""
         self.config = config
         self.options = options
+        self.encoder_only = encoder_only
         channels = config.block_out_channels
         time_embed_dim = channels[0] * 4
         heads = config.per_block("num_attention_heads")
@@ -48,6 +52,8 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
                 rngs=rngs, with_attention=block_type.startswith("CrossAttn"), transformer_layers=transformer_layers[i],
                 num_attention_heads=heads[i], cross_attention_dim=cross_dims[i]))
         self.down_blocks = nnx.List(down_blocks)
+        if encoder_only:
+            return
 
         self.mid_block = UNetMidBlockSpatioTemporal(
             channels[-1], time_embed_dim, options, rngs, transformer_layers=transformer_layers[-1],
@@ -69,6 +75,36 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         self.conv_norm_out = GroupNorm(channels[0], 32, 1e-5, options)
         self.conv_out = conv(channels[0], config.out_channels, (3, 3), options, rngs)
 
+    def _embed(self, sample, timestep, encoder_hidden_states, added_time_ids):
+        """conv_in output (B*T, h, w, C0), the per-frame embedding and context, shared by both entry points."""
+        batch, num_frames, height, width, _ = sample.shape
+        dtype = self.options.compute_dtype
+        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
+        emb = self.time_embedding(timestep_embedding(timestep, self.config.block_out_channels[0]))
+        time_ids = timestep_embedding(added_time_ids.reshape(-1), self.config.addition_time_embed_dim)
+        emb = emb + self.add_embedding(time_ids.reshape(batch, -1))
+
+        # Frames become batch entries, frame index fastest, as diffusers' flatten(0, 1).
+        x = sample.astype(dtype).reshape(batch * num_frames, height, width, -1)
+        emb = jnp.repeat(emb, num_frames, axis=0)
+        context = jnp.repeat(encoder_hidden_states.astype(dtype), num_frames, axis=0)
+        return self.conv_in(x), emb, context
+
+    def down_features(self, sample: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
+                      added_time_ids: jax.Array) -> list[jax.Array]:
+        """The output of each down block (after its downsampler, if any), for SF-V's discriminator.
+
+        Arguments as for `__call__`. Returns one (B*T, h_i, w_i, C_i) array per down block, frame index
+        fastest along the first axis.
+        """
+        num_frames = sample.shape[1]
+        x, emb, context = self._embed(sample, timestep, encoder_hidden_states, added_time_ids)
+        features = []
+        for block in self.down_blocks:
+            x, _ = block(x, emb, context, num_frames)
+            features.append(x)
+        return features
+
     def __call__(self, sample: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
                  added_time_ids: jax.Array) -> jax.Array:
         """Predicts the denoiser output F for every frame.
@@ -81,19 +117,10 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         Returns:
           (B, T, h, w, out_channels) in the compute dtype.
         """
+        if self.encoder_only:
+            raise ValueError("this UNet was built with encoder_only=True; call down_features instead")
         batch, num_frames, height, width, _ = sample.shape
-        dtype = self.options.compute_dtype
-        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
-        emb = self.time_embedding(timestep_embedding(timestep, self.config.block_out_channels[0]))
-        time_ids = timestep_embedding(added_time_ids.reshape(-1), self.config.addition_time_embed_dim)
-        emb = emb + self.add_embedding(time_ids.reshape(batch, -1))
-
-        # Frames become batch entries, frame index fastest, as diffusers' flatten(0, 1).
-        x = sample.astype(dtype).reshape(batch * num_frames, height, width, -1)
-        emb = jnp.repeat(emb, num_frames, axis=0)
-        context = jnp.repeat(encoder_hidden_states.astype(dtype), num_frames, axis=0)
-
-        x = self.conv_in(x)
+        x, emb, context = self._embed(sample, timestep, encoder_hidden_states, added_time_ids)
         skips = [x]
         for block in self.down_blocks:
             x, block_skips = block(x, emb, context, num_frames)
