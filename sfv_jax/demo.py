@@ -1,8 +1,12 @@
-"""`make demo`: the whole available path on a tiny random model, no downloads.
+"""`make demo`: the whole available path on a tiny random SVD pipeline, no downloads.
 
-Builds the tiny SVD UNet from the config with random weights, writes it in diffusers format,
-converts that folder back through the strict converter into an sfv-jax checkpoint, restores
-it, and runs the jitted UNet on random inputs, printing shapes and compile/run timings.
+1. builds the tiny pipeline of the config (UNet, temporal VAE, CLIP) with random weights and
+   writes it as a diffusers StableVideoDiffusionPipeline folder;
+2. converts that folder with `sfv-jax convert` into an sfv-jax (Orbax) checkpoint;
+3. loads it with SFVPipeline.from_pretrained and makes a clip from a synthetic image in one
+   UNet call (SF-V) and with SVD's 4-step Euler sampler, printing per-stage timings;
+4. writes the clips as GIFs with contact sheets.
+With random weights the videos are noise; the demo shows the machinery, not a trained model.
 """
 
 from __future__ import annotations
@@ -12,62 +16,70 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 from flax import nnx
 
-from sfv_jax.checkpoint import load_checkpoint, save_checkpoint
 from sfv_jax.config import load_config
-from sfv_jax.convert import unet_from_diffusers, unet_to_diffusers
-from sfv_jax.convert.module_state import flat_params
-from sfv_jax.models import ModelOptions, UNetConfig, UNetSpatioTemporalConditionModel
-from sfv_jax.models.random_init import random_module
+from sfv_jax.convert.pipeline import write_diffusers_folder
+from sfv_jax.convert.svd_pipeline_files import svd_pipeline_files
+from sfv_jax.errors import SfvError
+from sfv_jax.models.factory import random_components
+from sfv_jax.video_io import contact_sheet_path, write_contact_sheet, write_video
+
+STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
+def synthetic_image(height: int, width: int, seed: int) -> PIL.Image.Image:
+    """A smooth colour gradient with a disc: a deterministic stand-in for a photo."""
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+    rng = np.random.default_rng(seed)
+    cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.3)
+    disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2)[..., None]
+    rgb = np.stack([xx, yy, 1 - xx], -1) * (1 - disc) + disc * np.array([1.0, 0.8, 0.2])
+    return PIL.Image.fromarray((rgb * 255).astype(np.uint8))
 
 
 def run(config_spec: str = "configs/tiny.py", workdir: str | None = None) -> None:
+    from sfv_jax.cli import main as cli_main
+    from sfv_jax.pipeline import SFVPipeline
+
     config = load_config(config_spec)
-    unet_config = UNetConfig.from_dict(config.unet.to_dict())
-    options = ModelOptions(**config.model.to_dict())
     workdir = workdir or tempfile.mkdtemp(prefix="sfv_jax_demo_")
     os.makedirs(workdir, exist_ok=True)
     print(f"sfv-jax demo: {config_spec}, jax {jax.__version__} on {jax.devices()[0].platform}, files in {workdir}")
 
-    unet = random_module(lambda rngs: UNetSpatioTemporalConditionModel(unet_config, options, rngs=rngs), config.seed)
-    n_params = sum(int(np.prod(p.shape)) for p in flat_params(unet).values())
-    diffusers_dir = os.path.join(workdir, "unet")
     start = time.perf_counter()
-    unet_to_diffusers(unet, diffusers_dir)
-    print(f"1. random UNet ({n_params:,} params) written in diffusers format to {diffusers_dir} "
-          f"({time.perf_counter() - start:.2f}s)")
+    modules = random_components(config, seed=config.seed)
+    diffusers_dir = os.path.join(workdir, "diffusers_pipeline")
+    write_diffusers_folder(modules, diffusers_dir, pipeline=svd_pipeline_files())
+    n_params = ", ".join(f"{name} {sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param))):,}"
+                         for name, m in modules.items())
+    print(f"1. random pipeline (params: {n_params}) written as a diffusers folder ({time.perf_counter() - start:.1f}s)")
 
+    checkpoint = os.path.join(workdir, "checkpoint")
     start = time.perf_counter()
-    converted = unet_from_diffusers(diffusers_dir, options)
-    checkpoint_dir = os.path.join(workdir, "checkpoint")
-    save_checkpoint(checkpoint_dir, {"unet": converted}, overwrite=True)
-    restored = load_checkpoint(checkpoint_dir, options)["unet"]
-    same = all(np.array_equal(a, b) for a, b in zip(flat_params(unet).values(), flat_params(restored).values()))
-    print(f"2. converted -> Orbax checkpoint {checkpoint_dir} -> restored, params identical: {same} "
-          f"({time.perf_counter() - start:.2f}s)")
+    if cli_main(["convert", "--diffusers", diffusers_dir, "--out", checkpoint, "--overwrite"]) != 0:
+        raise SfvError("the demo's conversion failed (see the error above)")
+    print(f"2. sfv-jax convert -> {checkpoint} ({time.perf_counter() - start:.1f}s)")
 
-    batch, frames, height, width = 1, unet_config.num_frames, 2 * unet_config.sample_size, unet_config.sample_size + 3
-    keys = jax.random.split(jax.random.key(config.seed), 3)
-    sample = jax.random.normal(keys[0], (batch, frames, height, width, unet_config.in_channels))
-    context = jax.random.normal(keys[1], (batch, 1, unet_config.per_block("cross_attention_dim")[0]))
-    sigma = 700.0
-    timestep = jnp.full((batch,), 0.25 * np.log(sigma))
-    added_time_ids = jnp.array([[6.0, 127.0, 0.02]] * batch)
-
-    forward = nnx.jit(lambda model, *inputs: model(*inputs))
-    out, compile_s = _timed(forward, restored, sample, timestep, context, added_time_ids)
-    runs = [_timed(forward, restored, sample, timestep, context, added_time_ids)[1] for _ in range(3)]
-    print(f"3. unet(sample {tuple(sample.shape)}, timestep {tuple(timestep.shape)}, "
-          f"encoder_hidden_states {tuple(context.shape)}, added_time_ids {tuple(added_time_ids.shape)}) "
-          f"-> {tuple(out.shape)} {out.dtype}")
-    print(f"   first call (compile + run) {compile_s:.2f}s, then median {np.median(runs) * 1e3:.1f} ms per call; "
-          f"output finite: {bool(jnp.isfinite(out).all())}")
+    pipe = SFVPipeline.from_pretrained(checkpoint)
+    size = 8 * config.unet.sample_size
+    image = synthetic_image(size + 13, size + 29, config.seed)  # any input size: it is resized
+    for steps in (1, 4):
+        for call in ("first call", "second call"):
+            start = time.perf_counter()
+            frames = pipe(image, num_frames=config.unet.num_frames, height=size, width=size,
+                          num_inference_steps=steps, seed=config.seed)
+            total = time.perf_counter() - start
+            timings = ", ".join(f"{s} {pipe.last_timings[s]['run_s'] * 1e3:.0f} ms"
+                                + (f" (+{pipe.last_timings[s]['compile_s']:.1f}s compile)"
+                                   if pipe.last_timings[s]["compile_s"] > 0.05 else "")
+                                for s in STAGES if s in pipe.last_timings)
+            print(f"3. {steps}-step {'SF-V' if steps == 1 else 'SVD Euler + CFG'}, {call}: frames {frames.shape} "
+                  f"{frames.dtype} in [{frames.min():.2f}, {frames.max():.2f}], {total:.2f}s: {timings}")
+        video = os.path.join(workdir, f"video_{steps}step.gif")
+        frames_uint8 = np.round(frames * 255).astype(np.uint8)
+        write_video(frames_uint8, video, fps=7)
+        write_contact_sheet(frames_uint8, contact_sheet_path(video))
+        print(f"4. wrote {video} and {contact_sheet_path(video)}")
