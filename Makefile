@@ -19,7 +19,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.base-installed
 
 demo: $(VENV)/.base-installed
-	$(BIN)/sfv-jax demo --config configs/tiny.py
+	$(BIN)/sfv-jax demo --config configs/tiny.py --workdir demo_out --compilation-cache .jax_cache
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m "not slow" tests
@@ -28,4 +28,4 @@ test-slow: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m slow -s tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info demo_out .jax_cache

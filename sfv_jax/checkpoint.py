@@ -83,6 +83,7 @@ def load_checkpoint(path: str, options: ModelOptions = ModelOptions(), names: li
     `sharding_for(component, param_key, shape)` gives each parameter's target sharding (default:
     the first local device); Orbax reads each array directly into it.
     """
+    path = os.path.abspath(path)  # Orbax refuses relative paths
     index = read_index(path)
     names = list(index["components"]) if names is None else names
     abstract_models, target = {}, {}

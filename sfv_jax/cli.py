@@ -77,7 +77,17 @@ def _add_demo(subparsers):
     p = subparsers.add_parser("demo", help="tiny end-to-end run on random weights, no downloads")
     p.add_argument("--config", default="configs/tiny.py", help="config file[:variant]")
     p.add_argument("--workdir", default=None, help="where to keep the demo's files (default: a temp folder)")
-    p.set_defaults(run=lambda args: __import__("sfv_jax.demo", fromlist=["run"]).run(args.config, args.workdir))
+    p.add_argument("--compilation-cache", metavar="DIR", default=None,
+                   help="persistent JAX compilation cache (default: $SFV_JAX_COMPILATION_CACHE, else off)")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args):
+    from sfv_jax.compilation_cache import enable_compilation_cache
+    from sfv_jax.demo import run
+
+    enable_compilation_cache(args.compilation_cache)
+    run(args.config, args.workdir)
 
 
 def build_parser() -> argparse.ArgumentParser:

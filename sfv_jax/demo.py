@@ -12,6 +12,7 @@ With random weights the videos are noise; the demo shows the machinery, not a tr
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 
@@ -52,6 +53,7 @@ def run(config_spec: str = "configs/tiny.py", workdir: str | None = None) -> Non
     start = time.perf_counter()
     modules = random_components(config, seed=config.seed)
     diffusers_dir = os.path.join(workdir, "diffusers_pipeline")
+    shutil.rmtree(diffusers_dir, ignore_errors=True)  # the demo's own output of an earlier run
     write_diffusers_folder(modules, diffusers_dir, pipeline=svd_pipeline_files())
     n_params = ", ".join(f"{name} {sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param))):,}"
                          for name, m in modules.items())

@@ -24,6 +24,8 @@ def add_sample_parser(subparsers) -> None:
     p.add_argument("--max-guidance", type=float, default=3.0, help="guidance of the last frame (multi-step only)")
     p.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode chunk (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compilation-cache", metavar="DIR", default=None,
+                   help="persistent JAX compilation cache (default: $SFV_JAX_COMPILATION_CACHE, else off)")
     p.set_defaults(run=run_sample)
 
 
@@ -66,8 +68,11 @@ def run_sample(args) -> None:
 
     from tqdm import tqdm
 
+    from sfv_jax.compilation_cache import enable_compilation_cache
     from sfv_jax.pipeline import SFVPipeline
     from sfv_jax.video_io import contact_sheet_path, write_contact_sheet, write_video
+
+    enable_compilation_cache(args.compilation_cache)
 
     start = time.perf_counter()
     pipe = SFVPipeline.from_pretrained(args.checkpoint)

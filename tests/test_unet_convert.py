@@ -161,3 +161,10 @@ def test_bfloat16_checkpoint(unet_folder, tmp_path):
     kernel = np.asarray(unet.conv_in.kernel[...])
     assert kernel.dtype.name == "bfloat16"
     np.testing.assert_allclose(kernel.astype(np.float32), original["conv_in.weight"].transpose(2, 3, 1, 0), rtol=1e-2)
+
+
+def test_relative_paths_work(unet_folder, tmp_path, monkeypatch):
+    from sfv_jax.checkpoint import load_checkpoint
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "--diffusers", unet_folder, "--out", "ckpt"]) == 0
+    assert "unet" in load_checkpoint("ckpt")
