@@ -1,0 +1,155 @@
+"""SF-V's discriminator: the frozen encoder half of the SVD UNet with 4 spatial and 4 temporal heads.
+
+See docs/sfv_method.md section 3. The backbone is `UNetSpatioTemporalConditionModel` built with
+`encoder_only=True` (conv_in, embeddings, down blocks: the same code and parameter names as the
+generator, so it is initialised by copying the generator's matching parameters). Heads are the only
+trained part:
+
+  spatial head  (B*T, h, w, C):  conv3x3 -> GroupNorm -> LeakyReLU(0.2) -> conv -> phi (.., D_proj)
+  temporal head (B*h*w, T, C):   conv k=3 along time -> GroupNorm -> LeakyReLU(0.2) -> conv -> phi
+
+with projection conditioning (Miyato & Koyama): logit = w.phi + b + <phi, E(cond)>, where E embeds the
+CLIP image embedding, c_noise(sigma') and the frame index. Logits are per position; the losses average
+them (sfv_jax/train/losses.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sfv_jax.models.layers import GroupNorm, conv, linear, timestep_embedding
+from sfv_jax.models.options import ModelOptions
+from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
+from sfv_jax.models.unet_config import UNetConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """Discriminator head hyper-parameters [ours: the paper shows the heads only in a figure].
+
+    Attributes:
+      hidden_channels: width of the first conv (0: the backbone feature width of that block).
+      num_groups: GroupNorm groups (must divide the hidden width).
+      proj_dim: D_proj, width of the per-position features phi and of the condition embedding.
+      out_kernel: kernel size of the second conv (1: per-position linear map).
+      leaky_slope: LeakyReLU negative slope.
+      cond_embed_dim: width of the sinusoidal embeddings of c_noise(sigma') and of the frame index.
+      norm_eps: GroupNorm epsilon.
+    """
+
+    hidden_channels: int = 0
+    num_groups: int = 32
+    proj_dim: int = 256
+    out_kernel: int = 1
+    leaky_slope: float = 0.2
+    cond_embed_dim: int = 256
+    norm_eps: float = 1e-5
+
+    @classmethod
+    def from_dict(cls, config) -> "HeadConfig":
+        return cls(**dict(config))
+
+
+class ConditionEmbedding(nnx.Module):
+    """E(cond): CLIP embedding + c_noise + frame index -> (B, T, D_proj), a linear map of their concatenation."""
+
+    def __init__(self, clip_dim: int, head: HeadConfig, options: ModelOptions, rngs: nnx.Rngs):
+        self.cond_embed_dim = head.cond_embed_dim
+        self.clip_proj = linear(clip_dim, head.proj_dim, options, rngs)
+        self.noise_proj = linear(head.cond_embed_dim, head.proj_dim, options, rngs)
+        self.frame_proj = linear(head.cond_embed_dim, head.proj_dim, options, rngs, use_bias=False)
+
+    def __call__(self, clip: jax.Array, c_noise: jax.Array, num_frames: int) -> jax.Array:
+        """clip (B, S, D) (mean over S tokens), c_noise (B,) -> (B, T, D_proj) float32."""
+        clip_e = self.clip_proj(clip.astype(jnp.float32).mean(axis=1))
+        noise_e = self.noise_proj(timestep_embedding(c_noise.astype(jnp.float32), self.cond_embed_dim))
+        frame_e = self.frame_proj(timestep_embedding(jnp.arange(num_frames, dtype=jnp.float32), self.cond_embed_dim))
+        return (clip_e + noise_e)[:, None, :].astype(jnp.float32) + frame_e[None].astype(jnp.float32)
+
+
+class ProjectionHead(nnx.Module):
+    """One head over (N, *positions, C) features; `ndim_positions` = 2 (spatial) or 1 (temporal)."""
+
+    def __init__(self, in_channels: int, clip_dim: int, head: HeadConfig, ndim_positions: int,
+                 options: ModelOptions, rngs: nnx.Rngs):
+        hidden = head.hidden_channels or in_channels
+        self.leaky_slope = head.leaky_slope
+        self.conv1 = conv(in_channels, hidden, (3,) * ndim_positions, options, rngs)
+        self.norm = GroupNorm(hidden, head.num_groups, head.norm_eps, options)
+        self.conv2 = conv(hidden, head.proj_dim, (head.out_kernel,) * ndim_positions, options, rngs)
+        self.out = linear(head.proj_dim, 1, options, rngs)  # w.phi + b
+        self.embed = ConditionEmbedding(clip_dim, head, options, rngs)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """phi: (N, *positions, C) -> (N, *positions, D_proj) float32."""
+        h = jax.nn.leaky_relu(self.norm(self.conv1(x)), self.leaky_slope)
+        return self.conv2(h).astype(jnp.float32)
+
+    def logits(self, phi: jax.Array, cond: jax.Array) -> jax.Array:
+        """phi and cond broadcastable (..., D_proj) -> per-position logits (...)."""
+        return self.out(phi)[..., 0].astype(jnp.float32) + jnp.sum(phi * cond, axis=-1)
+
+
+class SFVDiscriminator(nnx.Module):
+    """Frozen UNet encoder (`backbone`) plus `spatial_heads` and `temporal_heads`, one of each per down block."""
+
+    def __init__(self, unet_config: UNetConfig, head: HeadConfig, options: ModelOptions = ModelOptions(), *,
+                 rngs: nnx.Rngs):
+        self.backbone = UNetSpatioTemporalConditionModel(unet_config, options, rngs=rngs, encoder_only=True)
+        clip_dim = unet_config.per_block("cross_attention_dim")[0]
+        channels = unet_config.block_out_channels
+        self.spatial_heads = nnx.List([ProjectionHead(c, clip_dim, head, 2, options, rngs) for c in channels])
+        self.temporal_heads = nnx.List([ProjectionHead(c, clip_dim, head, 1, options, rngs) for c in channels])
+
+    def __call__(self, noisy: jax.Array, sigma: jax.Array, image_latent: jax.Array, clip: jax.Array,
+                 added_time_ids: jax.Array) -> dict[str, list[jax.Array]]:
+        """Per-head, per-position logits for re-noised latents.
+
+        Args:
+          noisy: (B, T, h, w, 4): x0 + sigma' * eps, NOT yet scaled by c_in (done here).
+          sigma: (B,) sigma'.
+          image_latent: (B, h, w, 4) the conditioning latent (repeated over frames and concatenated).
+          clip: (B, 1, D) CLIP image embedding.
+          added_time_ids: (B, 3).
+        Returns:
+          {"spatial": [4 x (B, T, h_i, w_i)], "temporal": [4 x (B, T, h_i, w_i)]} float32 logits.
+        """
+        batch, num_frames = noisy.shape[:2]
+        sigma = sigma.astype(jnp.float32)
+        c_in = (1.0 / jnp.sqrt(sigma ** 2 + 1.0))[:, None, None, None, None]
+        c_noise = 0.25 * jnp.log(sigma)
+        cond_frames = jnp.broadcast_to(image_latent[:, None], noisy.shape[:-1] + image_latent.shape[-1:])
+        sample = jnp.concatenate([(noisy * c_in).astype(image_latent.dtype), cond_frames], axis=-1)
+        feats = self.backbone.down_features(sample, c_noise, clip, added_time_ids)
+        out = {"spatial": [], "temporal": []}
+        for feat, s_head, t_head in zip(feats, self.spatial_heads, self.temporal_heads):
+            _, h, w, c = feat.shape
+            # Spatial: every frame is a sample; cond of (b, t) broadcast over its pixels.
+            phi = s_head.features(feat).reshape(batch, num_frames, h, w, -1)
+            cond = s_head.embed(clip, c_noise, num_frames)[:, :, None, None, :]
+            out["spatial"].append(s_head.logits(phi, cond))
+            # Temporal: every pixel's time series is a sample; cond of frame t at time position t.
+            series = feat.reshape(batch, num_frames, h, w, c).transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)
+            phi = t_head.features(series).reshape(batch, h, w, num_frames, -1).transpose(0, 3, 1, 2, 4)
+            cond = t_head.embed(clip, c_noise, num_frames)[:, :, None, None, :]
+            out["temporal"].append(t_head.logits(phi, cond))
+        return out
+
+
+def backbone_params_from_unet(unet_params: dict, backbone_params: dict) -> dict:
+    """The backbone's nested pure-dict params taken from a full UNet's (same names; mid/up/out dropped).
+
+    Raises KeyError naming the first backbone key the UNet lacks.
+    """
+    def take(template, source, prefix):
+        out = {}
+        for key, value in template.items():
+            if key not in source:
+                raise KeyError(f"UNet params lack {prefix}{key} needed by the discriminator backbone")
+            out[key] = take(value, source[key], f"{prefix}{key}.") if isinstance(value, dict) else source[key]
+        return out
+    return take(backbone_params, unet_params, "")

@@ -1,0 +1,143 @@
+"""The SF-V train state and the static model graphs it is applied with.
+
+TrainState is a pytree of arrays only (pure nested dicts of parameters, optax states); the Flax NNX
+graph definitions live in `SFVModels`, so a jitted step merges params into modules inside the trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from sfv_jax.convert.module_state import _flatten, _unflatten_into
+from sfv_jax.models.discriminator import HeadConfig, SFVDiscriminator, backbone_params_from_unet
+from sfv_jax.models.init_rngs import StaticRngs
+from sfv_jax.models.options import ModelOptions
+from sfv_jax.models.random_init import random_params
+from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
+from sfv_jax.models.unet_config import UNetConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a train step reads and writes.
+
+    Attributes:
+      step: () int32 number of steps taken.
+      rng: (2,) uint32 PRNG key for the next step.
+      g_params: the generator UNet's params (nested dict, diffusers names).
+      g_ema: EMA of g_params.
+      d_heads: the 8 discriminator heads' params ({"spatial_heads": ..., "temporal_heads": ...}).
+      backbone: the frozen discriminator backbone's params ({"backbone": ...}); never updated.
+      g_opt, d_opt: optax states of the generator and head optimisers.
+    """
+
+    step: jax.Array
+    rng: jax.Array
+    g_params: Any
+    g_ema: Any
+    d_heads: Any
+    backbone: Any
+    g_opt: Any
+    d_opt: Any
+
+
+def make_optimizer(optim, learning_rate: float) -> optax.GradientTransformation:
+    """SM3 (optax.scale_by_sm3) or AdamW from config.optim, with optional global-norm clipping.
+
+    The learning rate lives in the optimiser state (optax.inject_hyperparams), so a schedule or a test
+    can change it without recompiling the step: opt_state.hyperparams["learning_rate"].
+    """
+    if optim.name not in ("sm3", "adamw"):
+        raise ValueError(f"optim.name={optim.name!r}: use 'sm3' or 'adamw'")
+
+    def build(learning_rate):
+        parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+        if optim.name == "sm3":
+            parts += [optax.scale_by_sm3(b1=optim.b1, b2=optim.b2, eps=optim.eps), optax.scale_by_learning_rate(
+                learning_rate)]
+        else:
+            parts.append(optax.adamw(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                                     weight_decay=optim.weight_decay))
+        return optax.chain(*parts)
+
+    return optax.inject_hyperparams(build)(learning_rate=learning_rate)
+
+
+class _Subset:
+    """The slice of an AbstractModel-like view that random_params reads: shapes and metadata."""
+
+    def __init__(self, shapes, metadata):
+        self.shapes, self._metadata = shapes, metadata
+
+    def metadata(self):
+        return self._metadata
+
+
+class SFVModels:
+    """Static graph definitions of G and D built abstractly from a config, and their optimisers."""
+
+    def __init__(self, config):
+        self.unet_config = UNetConfig.from_dict(config.unet.to_dict())
+        self.options = ModelOptions(**config.model.to_dict())
+        self.head_config = HeadConfig.from_dict(config.disc.to_dict())
+        g = nnx.eval_shape(lambda: UNetSpatioTemporalConditionModel(self.unet_config, self.options,
+                                                                    rngs=StaticRngs(0)))
+        self.g_graph, g_params, self.g_rest = nnx.split(g, nnx.Param, ...)
+        d = nnx.eval_shape(lambda: SFVDiscriminator(self.unet_config, self.head_config, self.options,
+                                                    rngs=StaticRngs(0)))
+        self.d_graph, backbone, heads, self.d_rest = nnx.split(
+            d, nnx.All(nnx.Param, nnx.PathContains("backbone")), nnx.Param, ...)
+        self.abstract_g = nnx.to_pure_dict(g_params)
+        self.abstract_backbone = nnx.to_pure_dict(backbone)
+        self.abstract_heads = nnx.to_pure_dict(heads)
+        self._head_metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(heads)}
+        self._g_metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(g_params)}
+        self.g_tx = make_optimizer(config.optim, config.optim.g_lr)
+        self.d_tx = make_optimizer(config.optim, config.optim.d_lr)
+
+    def generator(self, g_params) -> UNetSpatioTemporalConditionModel:
+        return nnx.merge(self.g_graph, g_params, self.g_rest)
+
+    def discriminator(self, backbone, d_heads) -> SFVDiscriminator:
+        return nnx.merge(self.d_graph, backbone, d_heads, self.d_rest)
+
+    def random_generator_params(self, seed: int) -> dict:
+        """Host-drawn torch-default init of the UNet (tests; a real run loads SVD weights)."""
+        flat = random_params(_Subset(_flatten(self.abstract_g), self._g_metadata), seed)
+        return _unflatten_into(self.abstract_g, flat)
+
+    def random_head_params(self, seed: int) -> dict:
+        flat = random_params(_Subset(_flatten(self.abstract_heads), self._head_metadata), seed)
+        return _unflatten_into(self.abstract_heads, flat)
+
+
+def init_state(models: SFVModels, g_params, d_heads, seed: int) -> TrainState:
+    """A step-0 state: G and its EMA from `g_params` (SVD weights), the frozen backbone copied from them."""
+    backbone = backbone_params_from_unet(g_params, models.abstract_backbone["backbone"])
+    # Copies, so the three trees never alias one buffer (donation would invalidate the others).
+    copy = lambda tree: jax.tree.map(jnp.array, tree)
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed), g_params=g_params,
+                      g_ema=copy(g_params), d_heads=d_heads, backbone={"backbone": copy(backbone)},
+                      g_opt=models.g_tx.init(g_params), d_opt=models.d_tx.init(d_heads))
+
+
+def abstract_state(models: SFVModels) -> TrainState:
+    """The state's shapes and dtypes without allocating it (jax.eval_shape)."""
+    return jax.eval_shape(lambda g, h: init_state(models, g, h, 0), models.abstract_g, models.abstract_heads)
+
+
+def new_state(config, models: SFVModels, g_params=None) -> TrainState:
+    """init_state with random weights where none are given (seeded by config.seed)."""
+    g_params = models.random_generator_params(config.seed) if g_params is None else g_params
+    return init_state(models, g_params, models.random_head_params(config.seed + 1), config.seed)
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
