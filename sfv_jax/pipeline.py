@@ -208,7 +208,10 @@ class SFVPipeline:
           fps, motion_bucket_id, noise_aug_strength: SVD's micro-conditioning (time ids [fps - 1, ...]).
           min_guidance_scale, max_guidance_scale: per-frame CFG ramp linspace(min, max, T).
           decode_chunk_size: frames per VAE decode chunk (default: all frames at once, as diffusers).
-          seed: seeds the noise augmentation (drawn first) and the initial latents.
+          seed: all randomness. Noise order: jax.random.split(jax.random.key(seed), 3) gives the keys of
+            (1) the conditioning-image augmentation noise (B, H, W, 3), drawn first as in diffusers,
+            (2) the initial latents (B, T, h, w, 4) (unused when `latents` is given), (3) the
+            re-noising of SF-V's multi-step refinement. Same seed and inputs, same video.
           latents: unit noise (T, h, w, 4) or (B, T, h, w, 4); scaled by init_noise_sigma like diffusers.
           output_type: "np" float32 frames in [0, 1] (T, H, W, 3); "uint8"; "latent" final latents (T, h, w, 4).
           do_classifier_free_guidance: None = diffusers' rule for multi-step, none at one step; True/False force it
