@@ -22,6 +22,7 @@ from flax import nnx
 
 from sfv_jax.convert.components import component_for_class, component_for_module
 from sfv_jax.convert.module_state import AbstractModel, flat_params
+from sfv_jax.convert.weight_files import read_json_object
 from sfv_jax.errors import CheckpointError
 from sfv_jax.fileio import atomic_directory
 from sfv_jax.models import ModelOptions
@@ -65,11 +66,7 @@ def read_index(path: str) -> dict:
     index_path = os.path.join(path, INDEX_NAME)
     if not os.path.isfile(index_path):
         raise CheckpointError(f"{path}: not an sfv-jax checkpoint (no {INDEX_NAME}); create one with sfv-jax convert")
-    try:
-        with open(index_path) as f:
-            index = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{index_path}: unreadable ({e})") from None
+    index = read_json_object(index_path)
     if index.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{index_path}: format {index.get('format')} is not {FORMAT_VERSION}")
     return index

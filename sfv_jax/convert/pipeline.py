@@ -18,25 +18,12 @@ from sfv_jax.convert.components import (PIPELINE_COMPONENTS, PIPELINE_CONFIG_FIL
                                         component_for_config, component_for_module)
 from sfv_jax.convert.engine import import_params, plan_import
 from sfv_jax.convert.module_state import AbstractModel
-from sfv_jax.convert.weight_files import TensorSource, read_config, weight_paths
+from sfv_jax.convert.weight_files import TensorSource, read_config, read_json_object, weight_paths
 from sfv_jax.errors import CheckpointError
 from sfv_jax.fileio import atomic_directory
 from sfv_jax.models import ModelOptions
 
 MODEL_INDEX = "model_index.json"
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: missing")
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return value
 
 
 def is_pipeline_folder(folder: str) -> bool:
@@ -86,7 +73,7 @@ def read_pipeline_configs(folder: str) -> dict | None:
     if not is_pipeline_folder(folder):
         return None
     index_path = os.path.join(folder, MODEL_INDEX)
-    model_index = _read_json(index_path)
+    model_index = read_json_object(index_path)
     files = {}
     for name, entry in model_index.items():
         if name.startswith("_") or name in PIPELINE_COMPONENTS:
@@ -103,7 +90,7 @@ def read_pipeline_configs(folder: str) -> dict | None:
         if not os.path.isdir(sub):
             raise CheckpointError(f"{sub}: folder not found; {MODEL_INDEX} lists {name} ({entry[1]})")
         relative = f"{name}/{PIPELINE_CONFIG_FILES[name]}"
-        files[relative] = _read_json(os.path.join(folder, relative))
+        files[relative] = read_json_object(os.path.join(folder, relative))
     return {"model_index": model_index, "files": files}
 
 
@@ -122,7 +109,7 @@ def load_diffusers_folder(folder: str, variant: str | None = None, options: Mode
         name = next(n for n, c in PIPELINE_COMPONENTS.items() if c == prepared.component.class_name)
         return {name: prepared.convert(place, progress)}
     index_path = os.path.join(folder, MODEL_INDEX)
-    model_index = _read_json(index_path)
+    model_index = read_json_object(index_path)
     prepared = {}
     for name, expected_class in PIPELINE_COMPONENTS.items():
         sub = os.path.join(folder, name)

@@ -12,20 +12,27 @@ from sfv_jax.convert.safetensors_io import SafetensorsFile
 from sfv_jax.errors import CheckpointError
 
 
+def read_json_object(path: str) -> dict:
+    """A JSON file that must hold an object; every failure is a one-line CheckpointError naming it."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing")
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return value
+
+
 def read_config(folder: str, name: str = "config.json") -> dict:
     path = os.path.join(folder, name)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: folder not found; pass a diffusers component folder such as .../unet")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: missing; a diffusers component folder holds {name} next to its weights")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return config
+    return read_json_object(path)
 
 
 def weight_paths(folder: str, weights_name: str, variant: str | None = None) -> list[str]:
