@@ -1,5 +1,6 @@
 """sfv_jax.data: synthetic motion, determinism, exact resume, process shards, video folders, TFDS, bad input."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -151,35 +152,37 @@ def test_bad_data_config_raises_one_line_data_errors(tmp_path):
     assert os.listdir(tmp_path / "empty") == [] and os.listdir(tmp_path / "only_broken") == ["x.webm"]
 
 
-def build_tfds_videos(data_dir, name, videos, file_format="array_record"):
-    """Stores uint8 videos [(T, H, W, 3)] as TFDS dataset `name` (split 'train') in data_dir, ucf101-style."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    h, w = videos[0].shape[1:3]
-    features = tfds.features.FeaturesDict({"video": tfds.features.Video(shape=(None, h, w, 3)),
-                                           "label": tfds.features.ClassLabel(num_classes=2)})
-    examples = [(i, {"video": v, "label": i % 2}) for i, v in enumerate(videos)]
-    tfds.dataset_builders.store_as_tfds_dataset(name=name, version="1.0.0", features=features,
-                                                split_datasets={"train": examples}, data_dir=str(data_dir),
-                                                file_format=file_format)
+def tfds_tool():
+    """tools/build_tfds_videos.py as a module (tools/ is not a package)."""
+    pytest.importorskip("tensorflow_datasets")
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "build_tfds_videos.py")
+    spec = importlib.util.spec_from_file_location("build_tfds_videos", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_tfds_dataset_reads_by_index_and_bad_names_fail_early(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
+    tool = tfds_tool()
     rng = np.random.default_rng(0)
     videos = [rng.integers(0, 256, (6 + i, 24, 32, 3), dtype=np.uint8) for i in range(3)]
-    build_tfds_videos(tmp_path, "tiny_videos", videos)
+    tool.build(str(tmp_path / "tfrecord"), "tiny_videos", videos, 24, 32, file_format="tfrecord")
+    config = data_config(source="tfds", tfds_name="tiny_videos", tfds_data_dir=str(tmp_path / "tfrecord"))
+    with pytest.raises(DataError, match="cannot be read by index; copy it once"):
+        make_clip_iterator(config, 2, seed=0)  # tfrecord has no random access: the error says how to copy it
+    tool.copy_as_array_record("tiny_videos", str(tmp_path / "tfrecord"), str(tmp_path))
     config = data_config(source="tfds", tfds_name="tiny_videos", tfds_data_dir=str(tmp_path), num_frames=3,
                          height=24, width=32)
     it = make_clip_iterator(config, 2, seed=0)
     assert it.num_clips == 3 and it.skipped == 0
     frames = take(it, 2)
-    for step, batch in enumerate(frames):
+    for batch in frames:
         assert batch.shape == (2, 3, 24, 32, 3) and batch.dtype == np.uint8
-        for r, clip in enumerate(batch):
-            source = videos[it.row_index(2 * step + r)[1]]
-            # Same size, so no resampling: the clip is 3 consecutive source frames (PNG is lossless).
-            starts = [s for s in range(len(source) - 2) if np.array_equal(source[s:s + 3], clip)]
-            assert len(starts) == 1
+        for clip in batch:
+            # Same size, so no resampling: the clip is 3 consecutive frames of one video (PNG is lossless).
+            matches = [(k, s) for k, v in enumerate(videos) for s in range(len(v) - 2)
+                       if np.array_equal(v[s:s + 3], clip)]
+            assert len(matches) == 1
     shard = make_clip_iterator(config, 2, seed=0, process_index=1, process_count=2)
     assert np.array_equal(take(shard, 2)[1][0], frames[1][1])
 

@@ -48,7 +48,8 @@ class TfdsVideos:
                             f"tfds.list_builders(), or set data.tfds_data_dir to the folder that holds it") from error
         if not builder.is_prepared():
             raise DataError(f"TFDS dataset {name!r} is not prepared{where} ({builder.data_dir}); build it once "
-                            f"with `tfds build {name} --data_dir=DIR --file_format=array_record` and set "
+                            f"with python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+                            f"data_dir='DIR', file_format='array_record').download_and_prepare()\" and set "
                             f"data.tfds_data_dir=DIR")
         features = builder.info.features
         if VIDEO_KEY not in features.keys():
@@ -67,8 +68,10 @@ class TfdsVideos:
         except NotImplementedError as error:
             raise DataError(
                 f"TFDS dataset {name!r}{where} is stored as {builder.info.file_format.value}, which cannot be read "
-                f"by index; convert it once with `tfds convert_format --dataset_dir={builder.data_dir_root}/{name} "
-                f"--out_file_format=array_record` (or rebuild it with --file_format=array_record)") from error
+                f"by index; copy it once to array_record with `python tools/build_tfds_videos.py --tfds {name} "
+                f"{'--tfds-data-dir ' + str(data_dir) + ' ' if data_dir else ''}--data-dir NEW_DIR` and set "
+                f"data.tfds_data_dir=NEW_DIR"
+            ) from error
         self._builder, self._split = builder, split
         self._decoded = None  # a fully decoding data source, only made for videos not stored as image bytes
         self._lock = threading.Lock()
