@@ -122,6 +122,10 @@ def test_folder_skips_a_corrupt_file_and_samples_clips_at_the_target_fps(tmp_pat
                                 4, seed=0)
         batches = take(it, 2)
     assert it.skipped == 1 and it.num_clips == 3
+    resumed = make_clip_iterator(data_config(source="folder", path=str(root), num_frames=4, height=32, width=32),
+                                 4, seed=0)
+    resumed.set_state({"epoch": 1, "index": 1, "num_clips": 3, "seed": 0})  # after one batch of 4 from 3 clips
+    assert np.array_equal(next(resumed)["frames"], batches[1])
     assert any("broken.mp4" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     assert sorted(os.listdir(root)) == before  # reading writes nothing
     for frames in batches:

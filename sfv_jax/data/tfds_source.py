@@ -10,6 +10,7 @@ so an unprepared dataset is an error that says how to build it once.
 from __future__ import annotations
 
 import io
+import os
 import threading
 
 import numpy as np
@@ -20,11 +21,15 @@ VIDEO_KEY = "video"  # ucf101's name for the uint8 (T, H, W, 3) frames; other TF
 
 
 def _import_tfds():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banners are noise in a train log
     try:
+        import tensorflow as tf
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise DataError("data.source='tfds' needs tensorflow-datasets and tensorflow, which are not installed; "
                         "run pip install 'sfv-jax[data]' (or use data.source='folder')") from error
+    # A GPU build of TensorFlow would otherwise reserve accelerator memory that JAX needs; it only reads files.
+    tf.config.set_visible_devices([], "GPU")
     return tfds
 
 
