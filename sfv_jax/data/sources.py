@@ -112,6 +112,7 @@ def make_source(data_config) -> VideoSource:
         if not name:
             raise DataError("data.source='tfds' needs data.tfds_name; set --config.data.tfds_name=NAME (e.g. ucf101)")
         return TfdsVideos(str(name), num_frames, height, width, split=_get(data_config, "tfds_split", "train") or "train",
-                          data_dir=_get(data_config, "tfds_data_dir"), fps=_get(data_config, "fps", 7),
+                          data_dir=_get(data_config, "tfds_data_dir") or None,  # "" = TFDS's default too
+                          fps=_get(data_config, "fps", 7),
                           source_fps=_get(data_config, "tfds_source_fps"))
     raise DataError(f"data.source={source!r} is unknown; use one of {', '.join(SOURCES)}")
