@@ -19,7 +19,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.base-installed
 
 demo: $(VENV)/.base-installed
-	$(BIN)/sfv-jax demo --config configs/tiny.py --workdir demo_out --compilation-cache .jax_cache
+	$(BIN)/sfv-jax demo --config configs/tiny_sfv.py:micro --workdir demo_out --compilation-cache .jax_cache
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m "not slow" tests

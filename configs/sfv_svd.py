@@ -47,6 +47,29 @@ def sharding_section() -> ml_collections.ConfigDict:
     ))
 
 
+def data_section(num_frames: int, height: int, width: int) -> ml_collections.ConfigDict:
+    """Where training clips come from (sfv_jax.data) and how they become latents."""
+    return ml_collections.ConfigDict(dict(
+        source="synthetic",  # synthetic | folder | tfds
+        path="",  # folder of videos (source=folder)
+        tfds_name="", tfds_split="train", tfds_data_dir="",  # source=tfds ("" data_dir: TFDS's default)
+        num_synthetic=64,  # clips in the synthetic dataset
+        num_frames=num_frames, height=height, width=width,
+        fps=7,  # [ours] frames per second clips are sampled at from their source videos
+        latent_scale=0.18215,
+    ))
+
+
+def add_run_sections(config: ml_collections.ConfigDict) -> None:
+    """The training program's fields (sfv_jax.train.loop)."""
+    config.init_checkpoint = ""  # an sfv-jax checkpoint of an SVD pipeline (sfv-jax convert); "" = random weights
+    config.log_every = 10
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 3
+    config.sample_every = 1000  # 0: no periodic samples
+    config.max_consecutive_nonfinite = 10  # stop the run after this many skipped steps in a row
+
+
 def add_train_sections(config: ml_collections.ConfigDict) -> None:
     config.sfv = sfv_section()
     config.disc = disc_section()
@@ -64,11 +87,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.param_dtype = "float32"  # master weights
     config.model.dtype = "bfloat16"
     config.model.remat = "dots_no_batch"
-    config.data = ml_collections.ConfigDict(dict(num_frames=14, height=448, width=768, latent_scale=0.18215))
+    config.vae = svd_xt.vae_config()
+    config.image_encoder = svd_xt.image_encoder_config()
+    config.data = data_section(num_frames=14, height=448, width=768)
     config.global_batch_size = 32
     config.grad_accum_steps = 4
     config.total_steps = 50_000
     add_train_sections(config)
+    add_run_sections(config)
     config.mesh.data = 1
     config.mesh.fsdp = -1
     config.lock()

@@ -51,8 +51,11 @@ def _run_convert(args):
 def _add_export(subparsers):
     p = subparsers.add_parser(
         "export", help="sfv-jax checkpoint -> diffusers folder (a whole pipeline folder if it was converted from one)")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT_OR_WORKDIR",
+                   help="an sfv-jax checkpoint, or a training workdir (its latest checkpoint: a whole pipeline folder)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="from a workdir: the generator's EMA weights (default) or, with --no-ema, the raw ones")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="dtype of the written tensors (default: float32)")
     p.set_defaults(run=_run_export)
@@ -65,9 +68,16 @@ def _run_export(args):
     from sfv_jax.checkpoint import load_checkpoint, read_index
     from sfv_jax.convert.pipeline import write_diffusers_folder
 
+    from sfv_jax.train.workdir import is_workdir
+
     _refuse_existing(args.out)
-    pipeline = read_index(args.checkpoint).get("extra", {}).get("pipeline")
-    modules = load_checkpoint(args.checkpoint)
+    if is_workdir(args.checkpoint):
+        from sfv_jax.train.trained_model import load_trained_modules
+        modules, pipeline, step = load_trained_modules(args.checkpoint, ema=args.ema)
+        print(f"{args.checkpoint}: step {step}, {'EMA' if args.ema else 'raw (--no-ema)'} generator weights")
+    else:
+        pipeline = read_index(args.checkpoint).get("extra", {}).get("pipeline")
+        modules = load_checkpoint(args.checkpoint)
     dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(args.dtype)
     write_diffusers_folder(modules, args.out, dtype, pipeline=pipeline)
     print(f"wrote {args.out} ({'pipeline: ' if pipeline else ''}{', '.join(modules)})")
@@ -75,7 +85,8 @@ def _run_export(args):
 
 def _add_demo(subparsers):
     p = subparsers.add_parser("demo", help="tiny end-to-end run on random weights, no downloads")
-    p.add_argument("--config", default="configs/tiny.py", help="config file[:variant]")
+    p.add_argument("--config", default="configs/tiny_sfv.py:micro", help="an SF-V training config file[:variant]")
+    p.add_argument("--train-steps", type=int, default=8, help="SF-V training steps to run")
     p.add_argument("--workdir", default=None, help="where to keep the demo's files (default: a temp folder)")
     p.add_argument("--compilation-cache", metavar="DIR", default=None,
                    help="persistent JAX compilation cache (default: $SFV_JAX_COMPILATION_CACHE, else off)")
@@ -87,7 +98,7 @@ def _run_demo(args):
     from sfv_jax.demo import run
 
     enable_compilation_cache(args.compilation_cache)
-    run(args.config, args.workdir)
+    run(args.config, args.workdir, args.train_steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,13 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(subparsers)
     _add_demo(subparsers)
     __import__("sfv_jax.sample_cli", fromlist=["x"]).add_sample_parser(subparsers)
+    __import__("sfv_jax.train_cli", fromlist=["x"]).add_train_parser(subparsers)
+    __import__("sfv_jax.bench.cli", fromlist=["x"]).add_bench_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Only `train` takes free-form --config.a.b=value overrides; every other command parses strictly.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_config_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.run(args)
+        if getattr(args, "accepts_config_overrides", False):
+            args.run(args, extra)
+        else:
+            args.run(args)
     except SfvError as e:
         print(f"sfv-jax {args.command}: error: {e}", file=sys.stderr)
         return 2

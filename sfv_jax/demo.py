@@ -1,12 +1,13 @@
-"""`make demo`: the whole available path on a tiny random SVD pipeline, no downloads.
+"""`make demo`: the whole user journey on a tiny random SVD, no downloads.
 
-1. builds the tiny pipeline of the config (UNet, temporal VAE, CLIP) with random weights and
-   writes it as a diffusers StableVideoDiffusionPipeline folder;
+1. builds the config's tiny pipeline (UNet, temporal VAE, CLIP) with random weights and writes it
+   as a diffusers StableVideoDiffusionPipeline folder (standing in for the downloaded SVD);
 2. converts that folder with `sfv-jax convert` into an sfv-jax (Orbax) checkpoint;
-3. loads it with SFVPipeline.from_pretrained and makes a clip from a synthetic image in one
-   UNet call (SF-V) and with SVD's 4-step Euler sampler, printing per-stage timings;
-4. writes the clips as GIFs with contact sheets.
-With random weights the videos are noise; the demo shows the machinery, not a trained model.
+3. trains SF-V from it on synthetic moving-shape videos for a few steps (`sfv-jax train`);
+4. loads the training workdir with SFVPipeline.from_pretrained (G's EMA weights) and makes a clip
+   from an image in ONE UNet call, printing per-stage timings; writes it as a GIF with a contact sheet;
+5. exports the workdir back to a diffusers pipeline folder (`sfv-jax export`).
+With random weights and a few steps the videos are noise; the demo shows the machinery, not a model.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def synthetic_image(height: int, width: int, seed: int) -> PIL.Image.Image:
     return PIL.Image.fromarray((rgb * 255).astype(np.uint8))
 
 
-def run(config_spec: str = "configs/tiny.py", workdir: str | None = None) -> None:
+def run(config_spec: str = "configs/tiny_sfv.py:micro", workdir: str | None = None, train_steps: int = 8) -> None:
     from sfv_jax.cli import main as cli_main
     from sfv_jax.pipeline import SFVPipeline
 
@@ -50,7 +51,7 @@ def run(config_spec: str = "configs/tiny.py", workdir: str | None = None) -> Non
     os.makedirs(workdir, exist_ok=True)
     print(f"sfv-jax demo: {config_spec}, jax {jax.__version__} on {jax.devices()[0].platform}, files in {workdir}")
 
-    start = time.perf_counter()
+    demo_start = start = time.perf_counter()
     modules = random_components(config, seed=config.seed)
     diffusers_dir = os.path.join(workdir, "diffusers_pipeline")
     shutil.rmtree(diffusers_dir, ignore_errors=True)  # the demo's own output of an earlier run
@@ -65,23 +66,44 @@ def run(config_spec: str = "configs/tiny.py", workdir: str | None = None) -> Non
         raise SfvError("the demo's conversion failed (see the error above)")
     print(f"2. sfv-jax convert -> {checkpoint} ({time.perf_counter() - start:.1f}s)")
 
-    pipe = SFVPipeline.from_pretrained(checkpoint)
-    size = 8 * config.unet.sample_size
+    train_dir = os.path.join(workdir, "train")
+    shutil.rmtree(train_dir, ignore_errors=True)
+    start = time.perf_counter()
+    steps = train_steps
+    argv = ["train", "--config", config_spec, "--workdir", train_dir, f"--config.init_checkpoint={checkpoint}",
+            f"--config.checkpoint_every={steps}", f"--config.total_steps={steps}"]
+    print(f"3. sfv-jax {' '.join(argv)}")
+    if cli_main(argv) != 0:
+        raise SfvError("the demo's training failed (see the error above)")
+    print(f"   trained {steps} steps in {time.perf_counter() - start:.1f}s (most of it compiling the step); "
+          f"metrics in {os.path.join(train_dir, 'metrics.jsonl')}, TensorBoard in {os.path.join(train_dir, 'tensorboard')}")
+
+    start = time.perf_counter()
+    pipe = SFVPipeline.from_pretrained(train_dir)
+    size = config.data.height
     image = synthetic_image(size + 13, size + 29, config.seed)  # any input size: it is resized
-    for steps in (1, 4):
-        for call in ("first call", "second call"):
-            start = time.perf_counter()
-            frames = pipe(image, num_frames=config.unet.num_frames, height=size, width=size,
-                          num_inference_steps=steps, seed=config.seed)
-            total = time.perf_counter() - start
-            timings = ", ".join(f"{s} {pipe.last_timings[s]['run_s'] * 1e3:.0f} ms"
-                                + (f" (+{pipe.last_timings[s]['compile_s']:.1f}s compile)"
-                                   if pipe.last_timings[s]["compile_s"] > 0.05 else "")
-                                for s in STAGES if s in pipe.last_timings)
-            print(f"3. {steps}-step {'SF-V' if steps == 1 else 'SVD Euler + CFG'}, {call}: frames {frames.shape} "
-                  f"{frames.dtype} in [{frames.min():.2f}, {frames.max():.2f}], {total:.2f}s: {timings}")
-        video = os.path.join(workdir, f"video_{steps}step.gif")
-        frames_uint8 = np.round(frames * 255).astype(np.uint8)
-        write_video(frames_uint8, video, fps=7)
-        write_contact_sheet(frames_uint8, contact_sheet_path(video))
-        print(f"4. wrote {video} and {contact_sheet_path(video)}")
+    for call in ("first call", "second call"):
+        start = time.perf_counter()
+        frames = pipe(image, num_frames=config.data.num_frames, height=config.data.height, width=config.data.width,
+                      num_inference_steps=1, seed=config.seed)
+        total = time.perf_counter() - start
+        timings = ", ".join(f"{s} {pipe.last_timings[s]['run_s'] * 1e3:.0f} ms"
+                            + (f" (+{pipe.last_timings[s]['compile_s']:.1f}s compile)"
+                               if pipe.last_timings[s]["compile_s"] > 0.05 else "")
+                            for s in STAGES if s in pipe.last_timings)
+        print(f"4. one-step SF-V from the workdir's EMA weights, {call}: frames {frames.shape} in "
+              f"[{frames.min():.2f}, {frames.max():.2f}], {total:.2f}s: {timings}")
+    video = os.path.join(workdir, "video_1step.gif")
+    frames_uint8 = np.round(frames * 255).astype(np.uint8)
+    write_video(frames_uint8, video, fps=7)
+    write_contact_sheet(frames_uint8, contact_sheet_path(video))
+    print(f"   wrote {video} and {contact_sheet_path(video)}")
+
+    exported = os.path.join(workdir, "exported_pipeline")
+    shutil.rmtree(exported, ignore_errors=True)
+    start = time.perf_counter()
+    if cli_main(["export", "--checkpoint", train_dir, "--out", exported]) != 0:
+        raise SfvError("the demo's export failed (see the error above)")
+    print(f"5. sfv-jax export -> {exported}: a diffusers StableVideoDiffusionPipeline folder "
+          f"({time.perf_counter() - start:.1f}s)")
+    print(f"demo done in {time.perf_counter() - demo_start:.0f}s; outputs in {workdir}")

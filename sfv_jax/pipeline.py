@@ -132,12 +132,19 @@ class SFVPipeline:
     # ------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, path: str, options=None) -> "SFVPipeline":
-        """From an sfv-jax checkpoint folder holding unet, vae and image_encoder (sfv-jax convert of a pipeline)."""
+    def from_pretrained(cls, path: str, options=None, ema: bool = True) -> "SFVPipeline":
+        """From an sfv-jax checkpoint folder holding unet, vae and image_encoder (sfv-jax convert of a pipeline),
+        or from a training workdir (`sfv-jax train`): its latest checkpoint's generator, EMA weights unless
+        ema=False, with the run's frozen VAE and CLIP."""
         from sfv_jax.checkpoint import load_checkpoint, read_index
         from sfv_jax.models import ModelOptions
+        from sfv_jax.train.workdir import is_workdir
         if not os.path.isdir(path):
             raise CheckpointError(f"{path}: checkpoint folder not found")
+        if is_workdir(path):
+            from sfv_jax.train.trained_model import load_trained_modules
+            modules, pipeline, _ = load_trained_modules(path, ema=ema, options=options)
+            return cls(**modules, scheduler_config=(pipeline or {}).get("files", {}).get(SCHEDULER_FILE))
         index = read_index(path)
         missing = [n for n in COMPONENTS if n not in index.get("components", {})]
         if missing:

@@ -30,12 +30,16 @@ class ModelOptions:
         jax.nn.dot_product_attention; NVIDIA GPUs, bf16/fp16 compute only).
       remat: rematerialisation policy applied to every resnet and transformer block:
         "none", "full" (recompute everything), "dots" or "dots_no_batch".
+      activation_batch_axes: mesh axes the leading (batch x frames) axis of activations is sharded
+        over at UNet block boundaries, e.g. ("data", "fsdp") in training; () adds no constraint.
+        Needs an active mesh (jax.set_mesh) when non-empty.
     """
 
     param_dtype: str = "float32"
     dtype: str = "float32"
     attention: str = "xla"
     remat: str = "none"
+    activation_batch_axes: tuple[str, ...] = ()
 
     def __post_init__(self):
         for field in ("param_dtype", "dtype"):
@@ -44,8 +48,16 @@ class ModelOptions:
                 raise ValueError(f"{field}={value!r}: use float32, bfloat16 or float16")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION_IMPLEMENTATIONS}")
+        object.__setattr__(self, "activation_batch_axes", tuple(self.activation_batch_axes))
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}: use one of {tuple(REMAT_POLICIES)}")
+
+    def constrain_activation(self, x: jax.Array) -> jax.Array:
+        """Pins x's leading axis to activation_batch_axes (GSPMD would otherwise be free to
+        replicate activations between blocks); the identity when no axes are set."""
+        if not self.activation_batch_axes:
+            return x
+        return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(tuple(self.activation_batch_axes)))
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -88,7 +88,7 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         x = sample.astype(dtype).reshape(batch * num_frames, height, width, -1)
         emb = jnp.repeat(emb, num_frames, axis=0)
         context = jnp.repeat(encoder_hidden_states.astype(dtype), num_frames, axis=0)
-        return self.conv_in(x), emb, context
+        return self.options.constrain_activation(self.conv_in(x)), emb, context
 
     def down_features(self, sample: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
                       added_time_ids: jax.Array) -> list[jax.Array]:
@@ -102,6 +102,7 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         features = []
         for block in self.down_blocks:
             x, _ = block(x, emb, context, num_frames)
+            x = self.options.constrain_activation(x)
             features.append(x)
         return features
 
@@ -124,14 +125,15 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         skips = [x]
         for block in self.down_blocks:
             x, block_skips = block(x, emb, context, num_frames)
+            x = self.options.constrain_activation(x)
             skips.extend(block_skips)
-        x = self.mid_block(x, emb, context, num_frames)
+        x = self.options.constrain_activation(self.mid_block(x, emb, context, num_frames))
         for block in self.up_blocks:
             block_skips = skips[-len(block.resnets):]
             del skips[-len(block.resnets):]
             # Upsample to the size of the skip it meets next, so any latent size works (diffusers'
             # forward_upsample_size); for sizes divisible by 2**num_upsamplers this is exactly 2x.
             upsample_size = skips[-1].shape[1:3] if skips and block.upsamplers is not None else None
-            x = block(x, block_skips, emb, context, num_frames, upsample_size)
+            x = self.options.constrain_activation(block(x, block_skips, emb, context, num_frames, upsample_size))
         x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
         return x.reshape(batch, num_frames, height, width, -1)

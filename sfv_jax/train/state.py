@@ -16,12 +16,14 @@ import optax
 from flax import nnx
 
 from sfv_jax.convert.module_state import _flatten, _unflatten_into
+from sfv_jax.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sfv_jax.models.discriminator import HeadConfig, SFVDiscriminator, backbone_params_from_unet
 from sfv_jax.models.init_rngs import StaticRngs
 from sfv_jax.models.options import ModelOptions
 from sfv_jax.models.random_init import random_params
 from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
 from sfv_jax.models.unet_config import UNetConfig
+from sfv_jax.models.vae import AutoencoderKLTemporalDecoder, VAEConfig
 
 
 @flax.struct.dataclass
@@ -36,6 +38,8 @@ class TrainState:
       d_heads: the 8 discriminator heads' params ({"spatial_heads": ..., "temporal_heads": ...}).
       backbone: the frozen discriminator backbone's params ({"backbone": ...}); never updated.
       g_opt, d_opt: optax states of the generator and head optimisers.
+      encoders: the frozen {"vae": ..., "image_encoder": ...} params that encode video frames on the
+        fly (sfv_jax.train.encode), or None when the batches hold pre-encoded latents; never updated.
     """
 
     step: jax.Array
@@ -46,6 +50,7 @@ class TrainState:
     backbone: Any
     g_opt: Any
     d_opt: Any
+    encoders: Any = None
 
 
 def make_optimizer(optim, learning_rate: float) -> optax.GradientTransformation:
@@ -80,12 +85,33 @@ class _Subset:
         return self._metadata
 
 
-class SFVModels:
-    """Static graph definitions of G and D built abstractly from a config, and their optimisers."""
+class _Frozen:
+    """A frozen model built abstractly: graph, rest state, abstract pure-dict params and their metadata."""
 
-    def __init__(self, config):
+    def __init__(self, build):
+        module = nnx.eval_shape(lambda: build(StaticRngs(0)))
+        self.graph, params, self.rest = nnx.split(module, nnx.Param, ...)
+        self.abstract = nnx.to_pure_dict(params)
+        self.metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(params)}
+
+    def module(self, params) -> nnx.Module:
+        return nnx.merge(self.graph, params, self.rest)
+
+    def random_params(self, seed: int) -> dict:
+        return _unflatten_into(self.abstract, random_params(_Subset(_flatten(self.abstract), self.metadata), seed))
+
+
+class SFVModels:
+    """Static graph definitions of G and D built abstractly from a config, and their optimisers.
+
+    When the config has `vae` and `image_encoder` sections, the frozen encoders that turn video
+    frames into the step's batch are built too (`encoders`). `activation_batch_axes` (e.g.
+    ("data", "fsdp")) pins UNet activations to the batch sharding at block boundaries.
+    """
+
+    def __init__(self, config, activation_batch_axes: tuple[str, ...] = ()):
         self.unet_config = UNetConfig.from_dict(config.unet.to_dict())
-        self.options = ModelOptions(**config.model.to_dict())
+        self.options = ModelOptions(**config.model.to_dict(), activation_batch_axes=activation_batch_axes)
         self.head_config = HeadConfig.from_dict(config.disc.to_dict())
         g = nnx.eval_shape(lambda: UNetSpatioTemporalConditionModel(self.unet_config, self.options,
                                                                     rngs=StaticRngs(0)))
@@ -99,6 +125,15 @@ class SFVModels:
         self.abstract_heads = nnx.to_pure_dict(heads)
         self._head_metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(heads)}
         self._g_metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(g_params)}
+        self.encoders = None
+        if "vae" in config and "image_encoder" in config:
+            # Frozen encoders compute in the model dtype but never need activation constraints or remat.
+            frozen = ModelOptions(**{**config.model.to_dict(), "remat": "none"})
+            vae_config = VAEConfig.from_dict(config.vae.to_dict())
+            clip_config = CLIPVisionConfig.from_dict(config.image_encoder.to_dict())
+            self.encoders = {
+                "vae": _Frozen(lambda rngs: AutoencoderKLTemporalDecoder(vae_config, frozen, rngs=rngs)),
+                "image_encoder": _Frozen(lambda rngs: CLIPVisionModelWithProjection(clip_config, frozen, rngs=rngs))}
         self.g_tx = make_optimizer(config.optim, config.optim.g_lr)
         self.d_tx = make_optimizer(config.optim, config.optim.d_lr)
 
@@ -117,26 +152,47 @@ class SFVModels:
         flat = random_params(_Subset(_flatten(self.abstract_heads), self._head_metadata), seed)
         return _unflatten_into(self.abstract_heads, flat)
 
+    def vae(self, params) -> AutoencoderKLTemporalDecoder:
+        return self.encoders["vae"].module(params)
 
-def init_state(models: SFVModels, g_params, d_heads, seed: int) -> TrainState:
-    """A step-0 state: G and its EMA from `g_params` (SVD weights), the frozen backbone copied from them."""
+    def image_encoder(self, params) -> CLIPVisionModelWithProjection:
+        return self.encoders["image_encoder"].module(params)
+
+    @property
+    def abstract_encoders(self) -> dict | None:
+        return None if self.encoders is None else {k: v.abstract for k, v in self.encoders.items()}
+
+    def random_encoder_params(self, seed: int) -> dict | None:
+        """Torch-default random VAE and CLIP params (tiny runs; a real run loads SVD's)."""
+        if self.encoders is None:
+            return None
+        return {name: frozen.random_params(seed + i) for i, (name, frozen) in enumerate(self.encoders.items())}
+
+
+def init_state(models: SFVModels, g_params, d_heads, seed: int, encoders=None) -> TrainState:
+    """A step-0 state: G and its EMA from `g_params` (SVD weights), the frozen backbone copied from them.
+
+    `encoders` ({"vae", "image_encoder"} params) go in as they are, for on-the-fly encoding.
+    """
     backbone = backbone_params_from_unet(g_params, models.abstract_backbone["backbone"])
     # Copies, so the three trees never alias one buffer (donation would invalidate the others).
     copy = lambda tree: jax.tree.map(jnp.array, tree)
     return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed), g_params=g_params,
                       g_ema=copy(g_params), d_heads=d_heads, backbone={"backbone": copy(backbone)},
-                      g_opt=models.g_tx.init(g_params), d_opt=models.d_tx.init(d_heads))
+                      g_opt=models.g_tx.init(g_params), d_opt=models.d_tx.init(d_heads), encoders=encoders)
 
 
-def abstract_state(models: SFVModels) -> TrainState:
+def abstract_state(models: SFVModels, with_encoders: bool = False) -> TrainState:
     """The state's shapes and dtypes without allocating it (jax.eval_shape)."""
-    return jax.eval_shape(lambda g, h: init_state(models, g, h, 0), models.abstract_g, models.abstract_heads)
+    encoders = models.abstract_encoders if with_encoders else None
+    return jax.eval_shape(lambda g, h, e: init_state(models, g, h, 0, e), models.abstract_g,
+                          models.abstract_heads, encoders)
 
 
-def new_state(config, models: SFVModels, g_params=None) -> TrainState:
+def new_state(config, models: SFVModels, g_params=None, encoders=None) -> TrainState:
     """init_state with random weights where none are given (seeded by config.seed)."""
     g_params = models.random_generator_params(config.seed) if g_params is None else g_params
-    return init_state(models, g_params, models.random_head_params(config.seed + 1), config.seed)
+    return init_state(models, g_params, models.random_head_params(config.seed + 1), config.seed, encoders)
 
 
 def tree_bytes(tree) -> int:

@@ -126,8 +126,17 @@ def make_train_step(config, models: SFVModels, batch_axes: tuple[str, ...] | Non
         d_updates, d_opt = models.d_tx.update(d_grads, state.d_opt, state.d_heads)
         d_heads = optax.apply_updates(state.d_heads, d_updates)
 
-        new_state = state.replace(step=state.step + 1, rng=rng, g_params=g_params, g_ema=g_ema, d_heads=d_heads,
-                                  g_opt=g_opt, d_opt=d_opt)
+        # Non-finite guard: a step whose losses or updates are not finite changes nothing but the step
+        # counter and the rng (so the data and noise move on); the loop counts such steps.
+        finite = (jnp.all(jnp.isfinite(g_loss)) & jnp.all(jnp.isfinite(d_loss))
+                  & jnp.isfinite(optax.global_norm(g_updates)) & jnp.isfinite(optax.global_norm(d_updates)))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(
+            step=state.step + 1, rng=rng, g_params=keep(g_params, state.g_params), g_ema=keep(g_ema, state.g_ema),
+            d_heads=keep(d_heads, state.d_heads), g_opt=keep(g_opt, state.g_opt), d_opt=keep(d_opt, state.d_opt))
+        # Checked here (one fused reduction) so the loop never writes a checkpoint holding NaN or inf.
+        state_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+            (new_state.g_params, new_state.g_ema, new_state.d_heads)) if jnp.issubdtype(x.dtype, jnp.inexact)]))
         log_sigma_d = jnp.log(g_aux["sigma_d"])
         metrics = dict(
             g_loss=jnp.mean(g_loss), d_loss=jnp.mean(d_loss), recon=jnp.mean(g_aux["recon"]),
@@ -137,7 +146,8 @@ def make_train_step(config, models: SFVModels, batch_axes: tuple[str, ...] | Non
             g_grad_norm=optax.global_norm(g_grads), d_grad_norm=optax.global_norm(d_grads),
             sigma_g_mean=jnp.mean(g_aux["sigma"]), sigma_d_mean=jnp.mean(g_aux["sigma_d"]),
             sigma_d_log_mean=jnp.mean(log_sigma_d), sigma_d_min=jnp.min(g_aux["sigma_d"]),
-            sigma_d_max=jnp.max(g_aux["sigma_d"]))
+            sigma_d_max=jnp.max(g_aux["sigma_d"]), nonfinite=1.0 - finite.astype(jnp.float32),
+            state_finite=state_finite.astype(jnp.float32))
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,60 @@
+"""Train-state checkpoints of a workdir: Orbax CheckpointManager under WORKDIR/checkpoints/<step>/.
+
+Each step folder holds two items: `state` (the TrainState arrays, written shard by shard from
+wherever they live) and `data` (the data iterator's JSON position). Orbax writes a step into a
+temporary folder and renames it when complete, so a process killed at any moment leaves only
+complete steps behind; restore takes the latest complete one. Every process of a multi-host run
+calls save and restore together.
+"""
+
+from __future__ import annotations
+
+import os
+
+import orbax.checkpoint as ocp
+
+from sfv_jax.errors import CheckpointError
+from sfv_jax.train.state import TrainState
+
+
+class TrainCheckpoints:
+    """Save / restore of (TrainState, data position) every `every` steps, keeping the last `keep`."""
+
+    def __init__(self, directory: str, keep: int, async_save: bool = True):
+        self.directory = os.path.abspath(directory)  # Orbax refuses relative paths
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data_position: dict, state_finite: bool = True) -> None:
+        """Starts an (async) save of `state` at `step`.
+
+        state_finite: the train step's own check of the trainable trees (metrics["state_finite"]); a state
+        holding NaN or inf is refused, so the last good checkpoint stays the latest.
+        """
+        if not state_finite:
+            raise CheckpointError(f"refusing to write checkpoint {step}: the train state holds NaN or inf")
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        data=ocp.args.JsonSave(data_position)), force=True)
+
+    def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict, int]:
+        """(state, data position, step) of `step` (default: the latest), read into abstract_state's shardings."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{self.directory}: holds no complete checkpoint")
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"{self.directory}/{step}: does not match this config's train state "
+                                  f"({str(e).splitlines()[0]}); use a new --workdir for a changed model") from None
+        return restored["state"], restored["data"], step
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

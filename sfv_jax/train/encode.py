@@ -1,0 +1,56 @@
+"""Video frames -> the train step's batch, with the frozen VAE and CLIP encoders (on-the-fly encoding).
+
+The conditioning follows SVD's pipeline: CLIP embeds the clean first frame; the VAE encodes the
+first frame plus noise_aug_strength * N(0, 1) noise (its latent is used unscaled); the clip's latents
+are the VAE latent means of every frame times `latent_scale`. VAE means rather than samples keep
+the targets deterministic per clip (the posterior std of SVD's VAE is tiny).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from sfv_jax.models.clip_preprocess import preprocess_for_clip
+from sfv_jax.train.state import SFVModels
+
+
+def frames_to_unit_range(frames: jax.Array) -> jax.Array:
+    """uint8 frames in [0, 255] -> float32 in [-1, 1]."""
+    return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+def make_encode_fn(config, models: SFVModels) -> Callable[[dict, jax.Array, jax.Array], dict]:
+    """encode(encoders, frames, key) -> batch for sfv_jax.train.step.
+
+    Args:
+      encoders: {"vae": params, "image_encoder": params} (TrainState.encoders).
+      frames: (B, T, H, W, 3) uint8 video clips.
+      key: PRNG key of the conditioning frame's noise augmentation.
+    Returns:
+      {"latents" (B, T, H/8, W/8, 4), "image_latent" (B, H/8, W/8, 4), "clip" (B, 1, D),
+       "added_time_ids" (B, 3)}, float32.
+    """
+    if models.encoders is None:
+        raise ValueError("on-the-fly encoding needs `vae` and `image_encoder` sections in the config")
+    sfv = config.sfv
+    scale = config.data.latent_scale
+
+    def encode(encoders, frames, key):
+        vae = models.vae(encoders["vae"])
+        clip = models.image_encoder(encoders["image_encoder"])
+        video = frames_to_unit_range(frames)
+        batch, num_frames, height, width, _ = video.shape
+        latents = vae.encode(video.reshape(batch * num_frames, height, width, 3)).astype(jnp.float32)
+        latents = latents.reshape(batch, num_frames, *latents.shape[1:]) * scale
+        first = video[:, 0]
+        noisy_first = first + sfv.noise_aug_strength * jax.random.normal(key, first.shape, first.dtype)
+        image_latent = vae.encode(noisy_first).astype(jnp.float32)
+        embedding = clip(preprocess_for_clip(first)).astype(jnp.float32)[:, None, :]
+        time_ids = jnp.asarray([sfv.fps - 1, sfv.motion_bucket_id, sfv.noise_aug_strength], jnp.float32)
+        return dict(latents=latents, image_latent=image_latent, clip=embedding,
+                    added_time_ids=jnp.broadcast_to(time_ids, (batch, 3)))
+
+    return encode

@@ -1,0 +1,225 @@
+"""`sfv-jax train`: the loop around the pure step (data, checkpoints, logging, samples, shutdown).
+
+A run is a pure function of its config and the step it starts from: the state (including the rng)
+and the data iterator's position are checkpointed together, and encoding noise is folded from the
+step number, so a run resumed from checkpoint N makes exactly the steps an uninterrupted one makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from tqdm import tqdm
+
+from sfv_jax.errors import SfvError
+from sfv_jax.parallel.mesh import make_mesh
+from sfv_jax.parallel.rules import batch_spec
+from sfv_jax.parallel.sharding import jit_train_step, state_shardings
+from sfv_jax.train import workdir as wd
+from sfv_jax.train.checkpoints import TrainCheckpoints
+from sfv_jax.train.encode import make_encode_fn
+from sfv_jax.train.init import initial_weights
+from sfv_jax.train.metrics_log import MetricsLog
+from sfv_jax.train.samples import make_sample_fn, to_host
+from sfv_jax.train.state import SFVModels, abstract_state, init_state
+from sfv_jax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(SfvError):
+    """The run cannot go on (e.g. too many consecutive non-finite steps)."""
+
+
+class _StopSignal:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then saves and exits)."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self) -> bool:
+        """True on every process once any process got a signal (all must save together)."""
+        if jax.process_count() == 1:
+            return self.received is not None
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+        return bool(np.max(flags))
+
+
+def _batch_axes(rules) -> tuple[str, ...]:
+    axes = dict(rules).get("batch")
+    return tuple(axes) if isinstance(axes, (list, tuple)) else ((axes,) if axes else ())
+
+
+def _check_config(config) -> None:
+    if config.global_batch_size % jax.process_count():
+        raise SfvError(f"global_batch_size={config.global_batch_size} does not split over {jax.process_count()} "
+                       f"processes")
+    if config.global_batch_size % config.grad_accum_steps:
+        raise SfvError(f"global_batch_size={config.global_batch_size} does not split into "
+                       f"grad_accum_steps={config.grad_accum_steps} micro-batches")
+    if "vae" not in config or "image_encoder" not in config:
+        raise SfvError("this config has no vae / image_encoder sections, which on-the-fly encoding needs")
+
+
+def train(config, workdir: str) -> int:
+    """Trains until config.total_steps (or a stop signal); returns the last step reached.
+
+    Bad input (data source, config) fails before `workdir` is created or touched.
+    """
+    from sfv_jax.data import make_clip_iterator
+
+    _check_config(config)
+    process, num_processes = jax.process_index(), jax.process_count()
+    data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
+                              process_count=num_processes)  # raises DataError on a bad source, before any write
+    mesh = make_mesh(config.mesh)
+    resuming = wd.is_workdir(workdir)
+    if resuming:
+        wd.check_same_config(workdir, config)
+    elif os.path.exists(workdir) and os.listdir(workdir):
+        raise SfvError(f"{workdir} exists and is not a training workdir; choose an empty or new --workdir")
+
+    with jax.set_mesh(mesh):
+        models = SFVModels(config, activation_batch_axes=_batch_axes(config.sharding.rules))
+        abstract = abstract_state(models, with_encoders=True)
+        shardings = state_shardings(abstract, mesh, config.sharding)
+        frames_sharding = NamedSharding(mesh, batch_spec(config.sharding.rules))
+        encode = make_encode_fn(config, models)
+        local_batch = config.global_batch_size // num_processes
+        frame_shape = (config.global_batch_size, config.data.num_frames, config.data.height, config.data.width, 3)
+        abstract_batch = jax.eval_shape(encode, abstract.encoders, jax.ShapeDtypeStruct(frame_shape, np.uint8),
+                                        jax.random.PRNGKey(0))
+        step_fn, _, batch_shardings = jit_train_step(make_train_step(config, models, _batch_axes(config.sharding.rules)),
+                                                     abstract, abstract_batch, mesh, config.sharding)
+        encode_fn = jax.jit(encode, in_shardings=(shardings.encoders, frames_sharding, None),
+                            out_shardings=batch_shardings)
+
+        if process == 0:
+            os.makedirs(os.path.join(workdir, wd.SAMPLES), exist_ok=True)
+        _sync("workdir")
+        checkpoints = TrainCheckpoints(os.path.join(workdir, wd.CHECKPOINTS), keep=config.keep_checkpoints)
+        nonfinite_total = 0
+        if checkpoints.latest_step() is not None:
+            target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+            state, position, start = checkpoints.restore(target)
+            data.set_state(position["iterator"])
+            nonfinite_total = position.get("nonfinite_skipped", 0)
+            if process == 0:
+                wd.truncate_metrics(os.path.join(workdir, wd.METRICS), start)
+            print(f"resumed from {checkpoints.directory}/{start}")
+        else:
+            g_params, encoders, pipeline = initial_weights(config, models, shardings)
+            init = jax.jit(lambda g, h, e: init_state(models, g, h, config.seed, e), out_shardings=shardings)
+            state = init(g_params, models.random_head_params(config.seed + 1), encoders)
+            start = 0
+            if process == 0:
+                wd.write_json_atomic(os.path.join(workdir, wd.PIPELINE), pipeline)
+                wd.write_json_atomic(os.path.join(workdir, wd.CONFIG), wd.config_to_dict(config))
+        _sync("start")
+
+        metrics_log = MetricsLog(os.path.join(workdir, wd.METRICS), os.path.join(workdir, wd.TENSORBOARD),
+                                 enabled=process == 0)
+        sample_fn = jax.jit(make_sample_fn(config, models)) if config.sample_every > 0 else None
+        sample_frames = None
+        step, consecutive_nonfinite = start, 0
+        last_saved = start
+        encode_key = jax.random.PRNGKey(config.seed + 3)
+        bar = tqdm(total=config.total_steps, initial=start, unit="step", disable=process != 0, dynamic_ncols=True)
+        tick = time.perf_counter()
+        with _StopSignal() as stop:
+            try:
+                while step < config.total_steps:
+                    local = next(data)["frames"]
+                    if local.shape[0] != local_batch:
+                        raise TrainingError(f"the data gave {local.shape[0]} clips, {local_batch} expected")
+                    frames = jax.make_array_from_process_local_data(frames_sharding, local, frame_shape)
+                    if sample_fn is not None and sample_frames is None:
+                        sample_frames = _first_frame_of_global_batch(local)
+                    batch = encode_fn(state.encoders, frames, jax.random.fold_in(encode_key, step))
+                    state, metrics = step_fn(state, batch)
+                    step += 1
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    bar.update(1)
+                    if metrics["nonfinite"]:
+                        nonfinite_total += 1
+                        consecutive_nonfinite += 1
+                        log.warning("step %d: non-finite loss or gradients; update skipped", step)
+                        if consecutive_nonfinite >= config.max_consecutive_nonfinite:
+                            raise TrainingError(
+                                f"{consecutive_nonfinite} consecutive steps had non-finite losses or gradients "
+                                f"(last: step {step}); the last good checkpoint ({last_saved}) is intact; lower the "
+                                f"learning rate or check the data")
+                    else:
+                        consecutive_nonfinite = 0
+                    if step % config.log_every == 0 or step == config.total_steps:
+                        now = time.perf_counter()
+                        rate = config.log_every / max(now - tick, 1e-9)
+                        tick = now
+                        metrics_log.write(step, {**metrics, "nonfinite_skipped": nonfinite_total,
+                                                 "data_skipped": data.skipped, "steps_per_s": rate})
+                        bar.set_postfix(g_loss=f"{metrics['g_loss']:.4f}", d_loss=f"{metrics['d_loss']:.4f}")
+                    if sample_fn is not None and step % config.sample_every == 0:
+                        _write_sample(sample_fn, state, sample_frames, config, workdir, step, metrics_log)
+                    interrupted = stop.agreed()
+                    if step % config.checkpoint_every == 0 or step == config.total_steps or interrupted:
+                        checkpoints.save(step, state, {"iterator": data.get_state(),
+                                                       "nonfinite_skipped": nonfinite_total},
+                                         state_finite=bool(metrics["state_finite"]))
+                        last_saved = step
+                    if interrupted:
+                        checkpoints.wait()
+                        print(f"\nstopped by {stop.received or 'a signal on another process'} at step {step}; "
+                              f"checkpoint saved; run the same command to resume")
+                        break
+            finally:
+                data.close()
+                bar.close()
+                checkpoints.wait()
+                checkpoints.close()
+                metrics_log.close()
+    if data.skipped:
+        print(f"data: skipped {data.skipped} unreadable file(s)")
+    return step
+
+
+def _write_sample(sample_fn, state, first_frames, config, workdir: str, step: int, metrics_log: MetricsLog) -> None:
+    from sfv_jax.video_io import write_video
+    clip = to_host(sample_fn(state.g_ema, state.encoders, first_frames, jax.random.PRNGKey(config.seed + 4)))[0]
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, wd.SAMPLES, f"step_{step:07d}.gif")
+        write_video(clip, path, fps=config.sfv.fps)
+        metrics_log.write_video(step, "sample", path)
+
+
+def _first_frame_of_global_batch(local: np.ndarray) -> np.ndarray:
+    """(1, H, W, 3): the first frame of the global batch's first clip (process 0's), the same on every process."""
+    if jax.process_count() == 1:
+        return local[:1, 0]
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(local[:1, 0]))[0]
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

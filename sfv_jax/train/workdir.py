@@ -1,0 +1,80 @@
+"""The layout of a training workdir, and reading a finished (or running) one back.
+
+WORKDIR/
+  config.json        the run's full config (written once, at the first start)
+  pipeline.json      the weight-free pipeline files (scheduler, feature extractor, model index) to export with
+  checkpoints/<step>/{state,data}   Orbax train-state checkpoints (sfv_jax.train.checkpoints)
+  metrics.jsonl      one JSON object per logged step
+  tensorboard/       TensorBoard event files
+  samples/step_<N>.gif   one-step samples of G's EMA weights
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from sfv_jax.convert.weight_files import read_json_object
+from sfv_jax.errors import CheckpointError
+
+CONFIG = "config.json"
+PIPELINE = "pipeline.json"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+SAMPLES = "samples"
+
+
+def is_workdir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, CONFIG)) and os.path.isdir(os.path.join(path, CHECKPOINTS))
+
+
+def write_json_atomic(path: str, value: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config as saved in WORKDIR/config.json (locked)."""
+    config = ml_collections.ConfigDict(read_json_object(os.path.join(workdir, CONFIG)))
+    config.lock()
+    return config
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+    """JSON-safe nested dict of a config (tuples become lists)."""
+    return json.loads(config.to_json())
+
+
+def check_same_config(workdir: str, config: ml_collections.ConfigDict, keys=("unet", "vae", "image_encoder", "disc",
+                                                                              "model", "optim", "global_batch_size",
+                                                                              "grad_accum_steps")) -> None:
+    """A resumed run must train the same models the same way; refuse a changed architecture or batch."""
+    saved = json.loads(json.dumps(read_json_object(os.path.join(workdir, CONFIG))))
+    current = config_to_dict(config)
+    changed = [k for k in keys if saved.get(k) != current.get(k)]
+    if changed:
+        raise CheckpointError(f"{workdir} was trained with different {', '.join(changed)}; resume with the same "
+                              f"config or start a new --workdir")
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+    """Drops the lines of steps after `last_step` (logged after the checkpoint a resumed run restarts from)."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                break  # a line cut by a kill: everything after it is dropped too
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)

@@ -1,0 +1,233 @@
+"""`sfv-jax train` end to end, as a user runs it: separate processes, signals, resume, multi-host, export.
+
+Every run uses configs/tiny_sfv.py:micro (a one-block UNet) on 64x64 synthetic clips,
+4 CPU devices per process (data=4) and one compilation cache, so all single-process runs share one
+compiled step. Run A (6 steps, uninterrupted) is the reference the other runs must reproduce.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sfv_jax.train.metrics_log import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL = 6
+# Keys that are functions of the state and data alone (timings differ between runs).
+DETERMINISTIC = ("g_loss", "d_loss", "recon", "g_adv", "hinge", "r1", "d_real_spatial", "d_fake_temporal",
+                 "g_grad_norm", "d_grad_norm", "sigma_d_mean")
+
+
+def train_cmd(workdir: str, cache: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "sfv_jax", "train", "--config", "configs/tiny_sfv.py:micro", "--workdir", workdir,
+            "--compilation-cache", cache, f"--config.total_steps={TOTAL}", "--config.checkpoint_every=2",
+            *[f"--config.{o}" for o in overrides]]
+
+
+def env(devices: int = 4) -> dict:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def run(cmd, devices: int = 4, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=ROOT, env=env(devices), capture_output=True, text=True, timeout=1200)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def losses(workdir: str) -> dict[int, tuple]:
+    return {m["step"]: tuple(m[k] for k in DETERMINISTIC) for m in read_metrics(os.path.join(workdir, "metrics.jsonl"))}
+
+
+def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run exited ({proc.returncode}) before {what}:\n{proc.stderr.read()[-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, cache):
+    workdir = str(tmp_path_factory.mktemp("run_a") / "wd")
+    run(train_cmd(workdir, cache))
+    return workdir
+
+
+def test_uninterrupted_run_logs_every_step(run_a):
+    metrics = read_metrics(os.path.join(run_a, "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == list(range(1, TOTAL + 1))
+    assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) for m in metrics)
+    assert all(m["nonfinite_skipped"] == 0 and m["data_skipped"] == 0 for m in metrics)
+    assert sorted(os.listdir(os.path.join(run_a, "checkpoints"))) == ["2", "4", "6"]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_a, "tensorboard")))
+
+
+def test_sigkill_after_a_checkpoint_resumes_bit_exactly(run_a, cache, tmp_path):
+    workdir = str(tmp_path / "wd")
+    cmd = train_cmd(workdir, cache)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "2")), proc, "checkpoint 2")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    restart = run(cmd)
+    assert "resumed from" in restart.stdout
+    assert losses(workdir) == losses(run_a)  # bit for bit, every step
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes(run_a, cache, tmp_path):
+    workdir = str(tmp_path / "wd")
+    proc = subprocess.Popen(train_cmd(workdir, cache, "total_steps=1000"), cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    wait_for(lambda: os.path.isfile(metrics_path) and len(read_metrics(metrics_path)) >= 1, proc, "the first step")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped by SIGTERM" in out
+    stopped = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert stopped == max(losses(workdir))  # the checkpoint is of the last step taken
+    assert stopped < TOTAL
+    run(train_cmd(workdir, cache))
+    assert losses(workdir) == losses(run_a)
+
+
+def test_two_processes_match_one(run_a, cache, tmp_path):
+    """2 processes x 2 CPU devices (gloo) against run A's 1 process x 4 devices, same global batch."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = str(tmp_path / "wd")
+    procs = [subprocess.Popen(train_cmd(workdir, cache, "total_steps=2") + [
+        "--multihost", "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=1200)
+        assert p.returncode == 0, err[-3000:]
+    got, want = losses(workdir), losses(run_a)
+    assert sorted(got) == [1, 2]
+    for step in got:
+        np.testing.assert_allclose(got[step], want[step], rtol=1e-5, atol=1e-7)
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_run(cache, tmp_path):
+    """A learning rate that overflows the weights: every update is skipped, and K in a row stop the run."""
+    workdir = str(tmp_path / "wd")
+    result = run(train_cmd(workdir, cache, "optim.g_lr=1e38", "optim.d_lr=1e38", "max_consecutive_nonfinite=3",
+                           "checkpoint_every=1"), check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("sfv-jax train: error: 3 consecutive steps had non-finite"), error
+    metrics = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [m["nonfinite"] for m in metrics] == [1.0, 1.0, 1.0]
+    assert [m["nonfinite_skipped"] for m in metrics] == [1, 2, 3]
+    # Skipped steps left the weights as they were, so the checkpoints hold the (finite) initial state.
+    from sfv_jax.pipeline import SFVPipeline
+    pipe = SFVPipeline.from_pretrained(workdir)
+    import jax
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(pipe._split["unet"][1]))
+
+
+def test_folder_with_a_corrupt_video_trains_and_reports_it(cache, tmp_path):
+    import imageio.v3 as iio
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, ext in enumerate(("mp4", "gif", "mp4")):
+        frames = rng.integers(0, 255, (8, 72, 96, 3), np.uint8)
+        iio.imwrite(folder / f"clip{i}.{ext}", frames, **({"fps": 7} if ext == "mp4" else {"duration": 140}))
+    (folder / "broken.mp4").write_bytes(rng.integers(0, 255, 4096, np.uint8).tobytes())
+    workdir = str(tmp_path / "wd")
+    result = run(train_cmd(workdir, cache, "data.source=folder", f"data.path={folder}", "total_steps=1"))
+    assert "skipped 1" in result.stdout + result.stderr
+    assert "broken.mp4" in result.stderr
+    assert read_metrics(os.path.join(workdir, "metrics.jsonl"))[-1]["data_skipped"] == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("no_such_key=1", "unknown config key 'no_such_key'"),
+    ("data.source=folder", "data.path"),
+    ("data.tfds_name=no_such_dataset_xyz", "no_such_dataset_xyz"),
+])
+def test_bad_input_fails_in_one_line_before_touching_the_workdir(override, message, tmp_path, capsys):
+    from sfv_jax.cli import main
+    workdir = tmp_path / "wd"
+    overrides = [f"--config.{override}"]
+    if override.startswith("data.tfds_name"):
+        overrides.append("--config.data.source=tfds")
+    code = main(["train", "--config", "configs/tiny_sfv.py:micro", "--workdir", str(workdir), *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not workdir.exists()
+
+
+def test_missing_and_empty_data_folders(tmp_path, capsys):
+    from sfv_jax.cli import main
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, message in ((tmp_path / "missing", "does not exist"), (empty, "no")):
+        workdir = tmp_path / f"wd_{folder.name}"
+        code = main(["train", "--config", "configs/tiny_sfv.py:micro", "--workdir", str(workdir),
+                     "--config.data.source=folder", f"--config.data.path={folder}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and str(folder) in err[0] and message in err[0], err
+        assert not workdir.exists()
+
+
+def test_exported_workdir_loads_in_diffusers_and_samples_like_sfv_pipeline(run_a, tmp_path):
+    """`sfv-jax export` of run A -> diffusers' StableVideoDiffusionPipeline; one step from the same unit
+    latents (no guidance, no noise augmentation) as SFVPipeline.from_pretrained(run A): rel L2 <= 1e-4."""
+    import jax.numpy as jnp
+    import torch
+    from diffusers import StableVideoDiffusionPipeline
+    from safetensors.numpy import load_file
+
+    from sfv_jax.cli import main
+    from sfv_jax.pipeline import SFVPipeline
+    from tests.reference import rel_err
+    from tests.test_sampling import random_image
+
+    ema, raw = tmp_path / "ema", tmp_path / "raw"
+    assert main(["export", "--checkpoint", run_a, "--out", str(ema)]) == 0
+    assert main(["export", "--checkpoint", run_a, "--out", str(raw), "--no-ema"]) == 0
+    weights = lambda d: load_file(str(d / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema_w, raw_w = weights(ema), weights(raw)
+    assert ema_w.keys() == raw_w.keys() and any(not np.array_equal(ema_w[k], raw_w[k]) for k in ema_w)
+
+    torch_pipe = StableVideoDiffusionPipeline.from_pretrained(str(ema))
+    pipe = SFVPipeline.from_pretrained(run_a)
+    image = random_image(80, 56, seed=3)
+    unit = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    kwargs = dict(num_frames=3, height=64, width=64, num_inference_steps=1, noise_aug_strength=0.0,
+                  min_guidance_scale=1.0, max_guidance_scale=1.0, fps=7, motion_bucket_id=127)
+    captured = {}
+
+    def keep_latents(_pipe, _i, _t, tensors):
+        captured["latents"] = tensors["latents"]
+        return {}
+
+    with torch.no_grad():
+        torch_pipe(image, latents=unit.clone(), output_type="latent", callback_on_step_end=keep_latents, **kwargs)
+    ref = captured["latents"][0].permute(0, 2, 3, 1).numpy()
+    got = np.asarray(pipe(image, latents=jnp.asarray(unit[0].permute(0, 2, 3, 1).numpy()), output_type="latent",
+                          **kwargs))
+    err = rel_err(got, ref)
+    print(f"exported workdir vs SFVPipeline(workdir), one step: latents rel err {err:.2e} (bound 1e-4)")
+    assert err <= 1e-4
