@@ -112,7 +112,8 @@ def _resize(images, height: int, width: int) -> list:
 
 
 def _signature(*arrays) -> tuple:
-    return tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(arrays))
+    """Shapes, dtypes and placements: a program compiled for one placement refuses inputs of another."""
+    return tuple((tuple(a.shape), str(a.dtype), getattr(a, "sharding", None)) for a in jax.tree.leaves(arrays))
 
 
 class SFVPipeline:

@@ -83,7 +83,7 @@ def run_sample(args) -> None:
                       num_inference_steps=args.steps, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
                       noise_aug_strength=args.noise_aug_strength, min_guidance_scale=args.min_guidance,
                       max_guidance_scale=args.max_guidance, decode_chunk_size=args.decode_chunk_size,
-                      seed=args.seed, output_type="uint8", progress=lambda i: bar.update(1))
+                      seed=args.seed, output_type="uint8", progress=lambda i: bar.update(max(0, i + 1 - bar.n)))
     finally:
         bar.close()
     write_video(frames, args.out, fps=args.fps)

@@ -167,3 +167,28 @@ def test_sharded_step_equals_single_device_on_8_fake_devices():
         assert value <= (1e-4 if name == "r1" else 1e-5), (name, value)
     for tree in ("g_params", "d_heads", "g_ema"):
         assert out[tree + "_rel"] <= 1e-5, (tree, out[tree + "_rel"], out["worst_leaves"])
+
+
+def test_unet_pins_activations_to_the_batch_axes_at_block_boundaries():
+    """With activation_batch_axes set, the lowered UNet holds one sharding constraint per block boundary
+    (conv_in, each down block, mid, each up block); without, none."""
+    from flax import nnx
+
+    from sfv_jax.models import ModelOptions, UNetConfig
+    from sfv_jax.models.init_rngs import StaticRngs
+    from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
+    config = UNetConfig.from_dict(load_config("configs/tiny.py").unet.to_dict())
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    counts = {}
+    for axes in ((), ("data", "fsdp")):
+        unet = nnx.eval_shape(lambda: UNetSpatioTemporalConditionModel(
+            config, ModelOptions(activation_batch_axes=axes), rngs=StaticRngs(0)))
+        graphdef, state = nnx.split(unet)
+        args = (jax.ShapeDtypeStruct((2, 3, 8, 8, 8), "float32"), jax.ShapeDtypeStruct((2,), "float32"),
+                jax.ShapeDtypeStruct((2, 1, config.cross_attention_dim), "float32"),
+                jax.ShapeDtypeStruct((2, 3), "float32"))
+        with jax.set_mesh(mesh):
+            text = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a)).lower(state, *args).as_text()
+        counts[axes] = text.count("sharding_constraint")
+    blocks = 1 + len(config.down_block_types) + 1 + len(config.up_block_types)
+    assert counts[()] == 0 and counts[("data", "fsdp")] == blocks, counts

@@ -66,7 +66,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory, cache):
     workdir = str(tmp_path_factory.mktemp("run_a") / "wd")
-    run(train_cmd(workdir, cache))
+    run(train_cmd(workdir, cache, f"sample_every={TOTAL}"))
     return workdir
 
 
@@ -76,7 +76,14 @@ def test_uninterrupted_run_logs_every_step(run_a):
     assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) for m in metrics)
     assert all(m["nonfinite_skipped"] == 0 and m["data_skipped"] == 0 for m in metrics)
     assert sorted(os.listdir(os.path.join(run_a, "checkpoints"))) == ["2", "4", "6"]
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_a, "tensorboard")))
+    events = [f for f in os.listdir(os.path.join(run_a, "tensorboard")) if f.startswith("events.out.tfevents")]
+    assert events
+    # The one-step sample of the EMA weights: a GIF of data.num_frames frames, also in TensorBoard.
+    import imageio.v3 as iio
+    sample = iio.imread(os.path.join(run_a, "samples", f"step_{TOTAL:07d}.gif"), index=None)
+    assert sample.shape[:3] == (3, 64, 64) and sample.std() > 0
+    event_bytes = open(os.path.join(run_a, "tensorboard", events[0]), "rb").read()
+    assert b"GIF89a" in event_bytes or b"GIF87a" in event_bytes
 
 
 def test_sigkill_after_a_checkpoint_resumes_bit_exactly(run_a, cache, tmp_path):
@@ -109,6 +116,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes(run_a, cache, tmp_path):
     assert losses(workdir) == losses(run_a)
 
 
+@pytest.mark.slow  # two processes compile the step side by side: ~7 min on 2 cores
 def test_two_processes_match_one(run_a, cache, tmp_path):
     """2 processes x 2 CPU devices (gloo) against run A's 1 process x 4 devices, same global batch."""
     with socket.socket() as s:
@@ -231,3 +239,15 @@ def test_exported_workdir_loads_in_diffusers_and_samples_like_sfv_pipeline(run_a
     err = rel_err(got, ref)
     print(f"exported workdir vs SFVPipeline(workdir), one step: latents rel err {err:.2e} (bound 1e-4)")
     assert err <= 1e-4
+
+
+@pytest.mark.slow  # a second step program (double backward, bf16, remat): minutes to compile
+def test_exact_r1_with_remat_and_bf16_compute_trains(cache, tmp_path):
+    """The paper's configuration of the step: exact R1 (a gradient inside the loss), remat, bf16 compute."""
+    workdir = str(tmp_path / "wd")
+    run(train_cmd(workdir, cache, "total_steps=2", "sfv.r1_mode=exact", "model.remat=dots_no_batch",
+                  "model.dtype=bfloat16"))
+    metrics = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) and m["r1"] > 0 for m in metrics)
+    assert all(m["nonfinite"] == 0 for m in metrics)

@@ -72,7 +72,9 @@ def euler_sample(unet: nnx.Module, latents: jax.Array, sigmas: jax.Array, image_
         derivative = (x - x0) / sigma
         x = x + derivative * (sigma_next - sigma)
         if on_step is not None:
-            jax.debug.callback(on_step, i, ordered=True)
+            # Unordered: ordered effects do not compile for programs over several devices; the ticks
+            # of one step still follow the loop, since each waits on that step's index.
+            jax.debug.callback(on_step, i)
         return params, x
 
     _, x = jax.lax.fori_loop(0, num_steps, body, (state, latents.astype(jnp.float32)))

@@ -141,7 +141,7 @@ def train(config, workdir: str) -> int:
                                  enabled=process == 0)
         sample_fn = jax.jit(make_sample_fn(config, models)) if config.sample_every > 0 else None
         sample_frames = None
-        step, consecutive_nonfinite = start, 0
+        step, consecutive_nonfinite, last_logged = start, 0, start
         last_saved = start
         encode_key = jax.random.PRNGKey(config.seed + 3)
         bar = tqdm(total=config.total_steps, initial=start, unit="step", disable=process != 0, dynamic_ncols=True)
@@ -164,20 +164,20 @@ def train(config, workdir: str) -> int:
                         nonfinite_total += 1
                         consecutive_nonfinite += 1
                         log.warning("step %d: non-finite loss or gradients; update skipped", step)
-                        if consecutive_nonfinite >= config.max_consecutive_nonfinite:
-                            raise TrainingError(
-                                f"{consecutive_nonfinite} consecutive steps had non-finite losses or gradients "
-                                f"(last: step {step}); the last good checkpoint ({last_saved}) is intact; lower the "
-                                f"learning rate or check the data")
                     else:
                         consecutive_nonfinite = 0
-                    if step % config.log_every == 0 or step == config.total_steps:
+                    if step % config.log_every == 0 or step == config.total_steps or consecutive_nonfinite:
                         now = time.perf_counter()
-                        rate = config.log_every / max(now - tick, 1e-9)
-                        tick = now
+                        rate = (step - last_logged) / max(now - tick, 1e-9)
+                        tick, last_logged = now, step
                         metrics_log.write(step, {**metrics, "nonfinite_skipped": nonfinite_total,
                                                  "data_skipped": data.skipped, "steps_per_s": rate})
                         bar.set_postfix(g_loss=f"{metrics['g_loss']:.4f}", d_loss=f"{metrics['d_loss']:.4f}")
+                    if consecutive_nonfinite >= config.max_consecutive_nonfinite:
+                        raise TrainingError(
+                            f"{consecutive_nonfinite} consecutive steps had non-finite losses or gradients "
+                            f"(last: step {step}); the last good checkpoint ({last_saved}) is intact; lower the "
+                            f"learning rate or check the data")
                     if sample_fn is not None and step % config.sample_every == 0:
                         _write_sample(sample_fn, state, sample_frames, config, workdir, step, metrics_log)
                     interrupted = stop.agreed()
