@@ -8,6 +8,7 @@ window comes from a generator seeded by (seed, e, g mod N): every row is a pure 
 - the position (the next global row) is the whole state: restoring it resumes the exact stream;
 - a batch may straddle an epoch boundary, so B need not divide N (a 3-video folder trains with B = 4).
 Rows are decoded by a thread pool a few batches ahead (ffmpeg, PIL and numpy release the GIL).
+RowOrder holds the bookkeeping (permutations, rows, position) so the latent cache's iterator streams the same way.
 """
 
 from __future__ import annotations
@@ -23,37 +24,30 @@ from sfv_jax.data.sources import DataError, VideoSource, make_source
 log = logging.getLogger(__name__)
 
 
-class ClipIterator:
-    """next(it) -> {"frames": uint8 (B // P, T, H, W, 3)}: this process's rows of the next global batch."""
+class RowOrder:
+    """The stream's bookkeeping, shared by every iterator over an indexable set of N clips (the clip iterator
+    here, the latent cache's in latent_cache.py): epoch permutations, this process's rows, the position.
 
-    def __init__(self, source: VideoSource, global_batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, num_workers: int = 4, prefetch: int = 2):
+    `row` is the global row the next batch starts at; get_state/set_state save and restore it.
+    """
+
+    def __init__(self, num_clips: int, global_batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
         if global_batch_size < 1 or process_count < 1 or global_batch_size % process_count:
             raise DataError(f"global_batch_size={global_batch_size} must be a positive multiple of the process "
                             f"count {process_count}; change global_batch_size")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-        self.source = source
+        if num_clips < 1:
+            raise DataError("the data holds no clips; point the config at a non-empty dataset")
+        self.num_clips = int(num_clips)
         self.global_batch_size = int(global_batch_size)
         self.local_batch_size = self.global_batch_size // process_count
         self.seed = int(seed)
         self.process_index, self.process_count = int(process_index), int(process_count)
         self._seed_word = self.seed & (2 ** 63 - 1)  # SeedSequence takes non-negative words only
         self._perms: dict[int, np.ndarray] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(num_workers) if num_workers > 0 else None
-        self._prefetch = max(1, int(prefetch))
-        self._pending: collections.deque = collections.deque()  # (batch start row, [futures or arrays])
-        self._row = 0  # global row of the next batch handed out
-
-    @property
-    def num_clips(self) -> int:
-        """Size of the (global) source; an epoch is this many rows."""
-        return len(self.source)
-
-    @property
-    def skipped(self) -> int:
-        """Unreadable videos skipped so far (folder source; 0 for the others)."""
-        return int(getattr(self.source, "skipped", 0))
+        self.row = 0
 
     def _permutation(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
@@ -68,39 +62,19 @@ class ClipIterator:
         epoch, pos = divmod(int(row), self.num_clips)
         return epoch, int(self._permutation(epoch)[pos])
 
-    def _clip(self, row: int, index: int) -> np.ndarray:
-        epoch, pos = divmod(row, self.num_clips)
-        return self.source.clip(index, np.random.default_rng([self._seed_word, epoch, 1, pos]))
+    def window_rng(self, row: int) -> np.random.Generator:
+        """The generator that picks global row `row`'s temporal window: a pure function of (seed, row)."""
+        epoch, pos = divmod(int(row), self.num_clips)
+        return np.random.default_rng([self._seed_word, epoch, 1, pos])
 
-    def _submit(self, start: int) -> None:
-        """Queues this process's rows of the global batch that starts at row `start`."""
+    def local_rows(self, start: int) -> list[tuple[int, int]]:
+        """[(global row, source index)] of this process's rows of the global batch starting at row `start`."""
         first = start + self.process_index * self.local_batch_size
-        jobs = []
-        for row in range(first, first + self.local_batch_size):
-            _, index = self.row_index(row)  # in this thread: permutations are cached without locks
-            jobs.append(self._pool.submit(self._clip, row, index) if self._pool else (row, index))
-        self._pending.append((start, jobs))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        """{"frames": uint8 (local_batch_size, T, H, W, 3)}."""
-        while len(self._pending) < self._prefetch:
-            last = self._pending[-1][0] + self.global_batch_size if self._pending else self._row
-            self._submit(last)
-        start, jobs = self._pending.popleft()
-        assert start == self._row
-        if self._pool:
-            clips = [job.result() for job in jobs]
-        else:
-            clips = [self._clip(row, index) for row, index in jobs]
-        self._row += self.global_batch_size
-        return {"frames": np.stack(clips)}
+        return [(row, self.row_index(row)[1]) for row in range(first, first + self.local_batch_size)]
 
     def get_state(self) -> dict:
         """JSON-serialisable position: the next batch starts at row epoch * num_clips + index."""
-        epoch, index = divmod(self._row, self.num_clips)
+        epoch, index = divmod(self.row, self.num_clips)
         return {"epoch": int(epoch), "index": int(index), "num_clips": self.num_clips, "seed": self.seed}
 
     def set_state(self, state: dict) -> None:
@@ -113,8 +87,72 @@ class ClipIterator:
                         "from here differ from the original run's", self.num_clips, self.seed, saved,
                         state.get("seed", self.seed))
             index = min(index, self.num_clips)
+        self.row = epoch * self.num_clips + index
+
+
+class ClipIterator:
+    """next(it) -> {"frames": uint8 (B // P, T, H, W, 3)}: this process's rows of the next global batch."""
+
+    def __init__(self, source: VideoSource, global_batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, num_workers: int = 4, prefetch: int = 2):
+        self.order = RowOrder(len(source), global_batch_size, seed, process_index, process_count)
+        self.source = source
+        self.global_batch_size, self.local_batch_size = self.order.global_batch_size, self.order.local_batch_size
+        self.seed = self.order.seed
+        self.process_index, self.process_count = self.order.process_index, self.order.process_count
+        self._pool = concurrent.futures.ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+        self._prefetch = max(1, int(prefetch))
+        self._pending: collections.deque = collections.deque()  # (batch start row, [futures or arrays])
+
+    @property
+    def num_clips(self) -> int:
+        """Size of the (global) source; an epoch is this many rows."""
+        return self.order.num_clips
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable videos skipped so far (folder source; 0 for the others)."""
+        return int(getattr(self.source, "skipped", 0))
+
+    def row_index(self, row: int) -> tuple[int, int]:
+        """(epoch, source index) of global row `row` of the stream."""
+        return self.order.row_index(row)
+
+    def _clip(self, row: int, index: int) -> np.ndarray:
+        return self.source.clip(index, self.order.window_rng(row))
+
+    def _submit(self, start: int) -> None:
+        """Queues this process's rows of the global batch that starts at row `start`."""
+        jobs = []
+        for row, index in self.order.local_rows(start):  # in this thread: permutations are cached without locks
+            jobs.append(self._pool.submit(self._clip, row, index) if self._pool else (row, index))
+        self._pending.append((start, jobs))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        """{"frames": uint8 (local_batch_size, T, H, W, 3)}."""
+        while len(self._pending) < self._prefetch:
+            last = self._pending[-1][0] + self.global_batch_size if self._pending else self.order.row
+            self._submit(last)
+        start, jobs = self._pending.popleft()
+        assert start == self.order.row
+        if self._pool:
+            clips = [job.result() for job in jobs]
+        else:
+            clips = [self._clip(row, index) for row, index in jobs]
+        self.order.row += self.global_batch_size
+        return {"frames": np.stack(clips)}
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position: the next batch starts at row epoch * num_clips + index."""
+        return self.order.get_state()
+
+    def set_state(self, state: dict) -> None:
+        """Moves to a position from get_state; the next batches are those an uninterrupted run would give."""
+        self.order.set_state(state)
         self._drop_pending()
-        self._row = epoch * self.num_clips + index
 
     def _drop_pending(self) -> None:
         for _, jobs in self._pending:
