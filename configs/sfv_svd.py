@@ -57,6 +57,8 @@ def data_section(num_frames: int, height: int, width: int) -> ml_collections.Con
         num_frames=num_frames, height=height, width=width,
         fps=7,  # [ours] frames per second clips are sampled at from their source videos
         latent_scale=0.18215,
+        latents="encode",  # encode: frozen VAE + CLIP on the fly | cache: read data.latent_cache
+        latent_cache="",  # written by tools/encode_latents.py
     ))
 
 

@@ -251,3 +251,16 @@ def test_exact_r1_with_remat_and_bf16_compute_trains(cache, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) and m["r1"] > 0 for m in metrics)
     assert all(m["nonfinite"] == 0 for m in metrics)
+
+
+def test_training_reads_a_pre_encoded_latent_cache(cache, tmp_path):
+    """tools/encode_latents.py writes the table; data.latents=cache trains from it (same step program)."""
+    latents = str(tmp_path / "latents")
+    run([sys.executable, "tools/encode_latents.py", "--config", "configs/tiny_sfv.py:micro", "--out", latents,
+         "--config.data.num_synthetic=6"])
+    workdir = str(tmp_path / "wd")
+    run(train_cmd(workdir, cache, "data.latents=cache", f"data.latent_cache={latents}", "data.num_synthetic=6",
+                  "total_steps=2"))
+    metrics = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) and m["nonfinite"] == 0 for m in metrics)

@@ -3,6 +3,10 @@
 A run is a pure function of its config and the step it starts from: the state (including the rng)
 and the data iterator's position are checkpointed together, and encoding noise is folded from the
 step number, so a run resumed from checkpoint N makes exactly the steps an uninterrupted one makes.
+
+Batches come from video clips encoded on the fly by the frozen VAE and CLIP (data.latents="encode"),
+or from a pre-encoded table (data.latents="cache", written by tools/encode_latents.py); the frozen
+encoders stay in the state either way, for the periodic samples and for export.
 """
 
 from __future__ import annotations
@@ -78,7 +82,11 @@ def _check_config(config) -> None:
         raise SfvError(f"global_batch_size={config.global_batch_size} does not split into "
                        f"grad_accum_steps={config.grad_accum_steps} micro-batches")
     if "vae" not in config or "image_encoder" not in config:
-        raise SfvError("this config has no vae / image_encoder sections, which on-the-fly encoding needs")
+        raise SfvError("this config has no vae / image_encoder sections; training needs them (to encode clips, "
+                       "for samples and for export)")
+    if config.data.latents not in ("encode", "cache"):
+        raise SfvError(f"data.latents={config.data.latents!r}: use 'encode' (VAE + CLIP on the fly) or 'cache' "
+                       f"(data.latent_cache written by tools/encode_latents.py)")
 
 
 def train(config, workdir: str) -> int:
@@ -86,12 +94,17 @@ def train(config, workdir: str) -> int:
 
     Bad input (data source, config) fails before `workdir` is created or touched.
     """
-    from sfv_jax.data import make_clip_iterator
+    from sfv_jax.data import make_clip_iterator, make_latent_cache_iterator
 
     _check_config(config)
     process, num_processes = jax.process_index(), jax.process_count()
-    data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
-                              process_count=num_processes)  # raises DataError on a bad source, before any write
+    # Either raises DataError on a bad source, before anything is written.
+    from_cache = config.data.latents == "cache"
+    if from_cache:
+        data = make_latent_cache_iterator(config, config.global_batch_size, config.seed, process, num_processes)
+    else:
+        data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
+                                  process_count=num_processes)
     mesh = make_mesh(config.mesh)
     resuming = wd.is_workdir(workdir)
     if resuming:
@@ -107,8 +120,12 @@ def train(config, workdir: str) -> int:
         encode = make_encode_fn(config, models)
         local_batch = config.global_batch_size // num_processes
         frame_shape = (config.global_batch_size, config.data.num_frames, config.data.height, config.data.width, 3)
-        abstract_batch = jax.eval_shape(encode, abstract.encoders, jax.ShapeDtypeStruct(frame_shape, np.uint8),
-                                        jax.random.PRNGKey(0))
+        if from_cache:
+            abstract_batch = {k: jax.ShapeDtypeStruct(shape, np.float32)
+                              for k, shape in data.global_batch_shapes().items()}
+        else:
+            abstract_batch = jax.eval_shape(encode, abstract.encoders, jax.ShapeDtypeStruct(frame_shape, np.uint8),
+                                            jax.random.PRNGKey(0))
         step_fn, _, batch_shardings = jit_train_step(make_train_step(config, models, _batch_axes(config.sharding.rules)),
                                                      abstract, abstract_batch, mesh, config.sharding)
         encode_fn = jax.jit(encode, in_shardings=(shardings.encoders, frames_sharding, None),
@@ -139,7 +156,9 @@ def train(config, workdir: str) -> int:
 
         metrics_log = MetricsLog(os.path.join(workdir, wd.METRICS), os.path.join(workdir, wd.TENSORBOARD),
                                  enabled=process == 0)
-        sample_fn = jax.jit(make_sample_fn(config, models)) if config.sample_every > 0 else None
+        sample_fn = jax.jit(make_sample_fn(config, models)) if config.sample_every > 0 and not from_cache else None
+        if config.sample_every > 0 and from_cache:
+            log.warning("no periodic samples from a latent cache (it holds no frames to condition on)")
         sample_frames = None
         step, consecutive_nonfinite, last_logged = start, 0, start
         last_saved = start
@@ -149,13 +168,18 @@ def train(config, workdir: str) -> int:
         with _StopSignal() as stop:
             try:
                 while step < config.total_steps:
-                    local = next(data)["frames"]
-                    if local.shape[0] != local_batch:
-                        raise TrainingError(f"the data gave {local.shape[0]} clips, {local_batch} expected")
-                    frames = jax.make_array_from_process_local_data(frames_sharding, local, frame_shape)
-                    if sample_fn is not None and sample_frames is None:
-                        sample_frames = _first_frame_of_global_batch(local)
-                    batch = encode_fn(state.encoders, frames, jax.random.fold_in(encode_key, step))
+                    rows = next(data)
+                    if from_cache:
+                        batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], rows[k],
+                                                                           abstract_batch[k].shape) for k in rows}
+                    else:
+                        local = rows["frames"]
+                        if local.shape[0] != local_batch:
+                            raise TrainingError(f"the data gave {local.shape[0]} clips, {local_batch} expected")
+                        frames = jax.make_array_from_process_local_data(frames_sharding, local, frame_shape)
+                        if sample_fn is not None and sample_frames is None:
+                            sample_frames = _first_frame_of_global_batch(local)
+                        batch = encode_fn(state.encoders, frames, jax.random.fold_in(encode_key, step))
                     state, metrics = step_fn(state, batch)
                     step += 1
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
