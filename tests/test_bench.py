@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sfv_jax.bench import report
+from sfv_jax.bench.profile import KINDS, hlo_op_kinds, profile_jax, torch_op_kind
 from sfv_jax.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,8 +75,9 @@ def test_inference_one_step_vs_three_steps_with_cfg(tmp_path):
 
 def test_vs_torch_same_weights_same_answer(tmp_path):
     stdout, payload = run_bench(tmp_path, "vs-torch", "--config", "configs/tiny.py", *_overrides(MICRO_PIPELINE),
-                                "--height", "24", "--width", "32", "--num-frames", "3")
+                                "--height", "24", "--width", "32", "--num-frames", "3", "--profile")
     assert "| component |" in stdout and "sfv-jax / diffusers" in stdout and "rel L2 diff" in stdout
+    assert "profile of one unet call" in stdout and "| op kind | diffusers s | sfv-jax s |" in stdout
     results = payload["results"]
     assert list(results) == ["unet", "vae_decode", "vae_encode", "image_encoder"]
     assert results["unet"]["shape"] == [1, 3, 12, 16, 4] and results["vae_decode"]["shape"] == [3, 24, 32, 3]
@@ -85,6 +87,13 @@ def test_vs_torch_same_weights_same_answer(tmp_path):
         assert r["ratio"] == pytest.approx(r["jax"]["seconds"]["median"] / r["torch"]["seconds"]["median"])
         assert r["jax"]["flops"] > 0
         assert r["rel_l2"] <= 1e-4, (name, r["rel_l2"])  # float32 port bound (tests/test_*_parity)
+        for side in ("torch", "jax"):
+            profile = r[side]["profile"]
+            assert set(profile["by_kind_s"]) == set(KINDS) and profile["op_s"] > 0 and profile["top_ops"]
+    # The UNet's work is convolutions and matmuls in both frameworks, and the profiles say so.
+    for side in ("torch", "jax"):
+        kinds = results["unet"][side]["profile"]["by_kind_s"]
+        assert kinds["convolution"] + kinds["matmul"] > 0
     assert payload["machine"]["torch_threads"] == os.cpu_count()
 
 
@@ -117,6 +126,25 @@ def test_cost_analysis_counts_a_loop_body_once():
     for n in (1, 5):
         assert flops_of(jax.jit(loop).lower(x, jnp.int32(n)).compile()) == pytest.approx(one_body, rel=0.05)
     assert one_body >= 2 * 64 ** 3
+
+
+def test_profile_kinds_of_xla_ops_and_torch_ops():
+    w, m = jnp.ones((3, 3, 8, 8)), jnp.ones((8, 4))
+
+    def f(x):
+        y = jax.nn.silu(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        z = y @ m
+        return z - z.mean(axis=(1, 2), keepdims=True)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 8))
+    compiled = jax.jit(f).lower(x).compile()
+    kinds = hlo_op_kinds(compiled.as_text())
+    assert {"convolution", "matmul", "reduction"} <= set(kinds.values()), kinds
+    profile = profile_jax(lambda: compiled(x), compiled.as_text())
+    assert profile["op_s"] > 0 and profile["by_kind_s"]["convolution"] > 0, profile
+    assert profile["wall_s"] > 0 and all(o["kind"] in KINDS for o in profile["top_ops"])
+    assert [torch_op_kind(n) for n in ("aten::mkldnn_convolution", "aten::addmm", "aten::native_group_norm",
+                                       "aten::silu", "aten::copy_", "aten::foo")] == \
+        ["convolution", "matmul", "reduction", "elementwise", "layout", "other"]
 
 
 def test_summary_table_and_json(tmp_path):

@@ -40,6 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", default="1,25", help="comma-separated step counts; > 1 uses CFG (max guidance 3)")
     p.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode chunk (default: all)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per step count")
+    p.add_argument("--repeats-many", type=int, default=None,
+                   help="timed runs of the step counts > 1 (default: --repeats); full-width 25-step runs take long")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (>= 1: the first compiles)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the results here")
 
@@ -117,19 +119,30 @@ def _image(height: int, width: int, seed: int = 0):
 
 
 def measure(pipe, image, steps: int, args) -> dict[str, Any]:
-    """Warm-up call(s) (the first compiles), then args.repeats timed calls; per-stage and end-to-end seconds."""
+    """Warm-up call(s) (the first compiles), then timed calls; per-stage and end-to-end seconds.
+
+    Warm-up calls of a multi-step count run 2 steps: the Euler sampler is one compiled program for
+    every step count (the count is a traced loop bound), so they compile and warm exactly the
+    programs the timed calls run, without 23 more UNet calls each.
+    """
     kwargs = dict(num_frames=args.num_frames, height=args.height, width=args.width, num_inference_steps=steps,
                   decode_chunk_size=args.decode_chunk_size, seed=0)
+    repeats = args.repeats if steps == 1 or args.repeats_many is None else args.repeats_many
     compile_s: dict[str, float] = {}
     first_total = None
+    warm_steps = min(steps, 2)
+    report.log(f"{steps} step{'s' if steps > 1 else ''}: {args.warmup} warm-up call(s) of {warm_steps} step(s), "
+               f"the first compiles")
     for i in range(args.warmup):
         start = time.perf_counter()
-        pipe(image, **kwargs)
+        pipe(image, **{**kwargs, "num_inference_steps": warm_steps})
         if i == 0:
             first_total = time.perf_counter() - start
             compile_s = {s: pipe.last_timings[s]["compile_s"] for s in STAGES}
     runs = []
-    for _ in range(args.repeats):
+    report.log(f"{steps} step{'s' if steps > 1 else ''}: {repeats} timed call(s)")
+    load = [report.load_average()]
+    for _ in range(repeats):
         start = time.perf_counter()
         pipe(image, **kwargs)
         total = time.perf_counter() - start
@@ -138,6 +151,7 @@ def measure(pipe, image, steps: int, args) -> dict[str, Any]:
         run["total"] = total
         runs.append(run)
 
+    load.append(report.load_average())
     use_cfg = steps > 1  # the pipeline's rule with max_guidance_scale 3 (SF-V's one step runs unguided)
     unet_batch = 2 if use_cfg else 1
     n_frames = args.num_frames
@@ -154,7 +168,8 @@ def measure(pipe, image, steps: int, args) -> dict[str, Any]:
     return {"steps": steps, "cfg": use_cfg, "unet_evaluations": steps * unet_batch, "unet_batch": unet_batch,
             "unet_calls": steps, "first_call_s": first_total, "compile_s": compile_s, "flops": flops,
             "unet_flops_per_evaluation": (flops["unet"] / (steps * unet_batch)) if flops["unet"] else None,
-            "seconds": stats, "runs": runs}
+            "seconds": stats, "runs": runs, "repeats": repeats, "warmup_steps": warm_steps,
+            "load_average_1m": load}
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,12 +201,15 @@ def run(args) -> dict[str, Any]:
 
     steps_list = parse_steps(args.steps)
     report.check_counts(args.repeats, args.warmup)
+    if args.repeats_many is not None:
+        report.check_counts(args.repeats_many, args.warmup)
     if args.decode_chunk_size is not None and args.decode_chunk_size < 1:
         raise SfvError(f"--decode-chunk-size must be >= 1, got {args.decode_chunk_size}")
     config = load_config(args.config, args.override)
     scale = latent_scale(config)
     check_size(args.height, args.width, args.num_frames, scale)
     machine = report.machine()
+    report.log(f"building random weights from {args.config}")
     start = time.perf_counter()
     modules = random_components(config, seed=config.seed, options=model_options(config, args.dtype))
     build_s = time.perf_counter() - start
@@ -220,6 +238,11 @@ def _param_count(module) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
+def _first_call(r: dict[str, Any]) -> str:
+    warm = r.get("warmup_steps", r["steps"])
+    return " (first call)" if warm == r["steps"] else f" (first call, {_plural(warm, 'step')})"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
@@ -231,8 +254,10 @@ def format_report(payload: dict[str, Any]) -> str:
              f"{payload['latent'][2]}), {a['dtype']}, batch 1, random weights",
              "params: " + ", ".join(f"{k} {v:,}" for k, v in payload["params"].items()),
              "machine: " + report.describe_machine(payload["machine"]),
-             "steady: " + report.repeats_note(a["repeats"], a["warmup"]) + "; compile: seconds compiling "
-             "in the first call; FLOPs: XLA cost analysis (loop bodies x trip count)", ""]
+             "steady: " + report.repeats_note(min(r["repeats"] for r in payload["results"]), a["warmup"])
+             + (f" (step count 1: {a['repeats']} runs)" if a.get("repeats_many") not in (None, a["repeats"]) else "")
+             + "; compile: seconds compiling in the first call; FLOPs: XLA cost analysis (loop bodies x trip count)"
+             + "; host = end to end - the four stages", ""]
     rows = []
     for r in payload["results"]:
         total = r["seconds"]["total"]["median"]
@@ -245,7 +270,7 @@ def format_report(payload: dict[str, Any]) -> str:
             secs = r["seconds"][stage]
             rate = flops / secs["median"] if flops and secs["median"] > 0 else None
             rows.append([r["steps"], "yes" if r["cfg"] else "no", label,
-                         "-" if compile_s is None else f"{compile_s:.2f}" + (" (first call)" if stage == "total" else ""),
+                         "-" if compile_s is None else f"{compile_s:.2f}" + (_first_call(r) if stage == "total" else ""),
                          report.fmt_seconds(secs), f"{secs['median'] / total:.0%}",
                          report.fmt_number(flops), report.fmt_number(rate)])
     lines.append(report.markdown_table(

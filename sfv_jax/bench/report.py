@@ -39,6 +39,14 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[list[f
     return seconds, out
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (how many runnable processes shared the CPUs), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def check_counts(repeats: int, warmup: int) -> None:
     if repeats < 1:
         raise SfvError(f"--repeats must be >= 1, got {repeats}")
@@ -69,6 +77,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    """Progress on stderr, with the time and the peak RSS so far (full-width phases take minutes)."""
+    import sys
+    print(f"[{time.strftime('%H:%M:%S')}] {message} (peak RSS so far {peak_rss_bytes() / 2 ** 30:.1f} GiB)",
+          file=sys.stderr, flush=True)
 
 
 def peak_rss_bytes() -> int:

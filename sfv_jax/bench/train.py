@@ -117,6 +117,7 @@ def run(args) -> dict[str, Any]:
         abstract = abstract_state(models)
         step, state_sh, batch_sh = jit_train_step(make_train_step(config, models, batch_axes=("data", "fsdp")),
                                                   abstract, abstract_batch, mesh, config.sharding)
+        report.log("compiling the train step")
         start = time.perf_counter()
         compiled = step.lower(abstract, abstract_batch).compile()
         compile_s = time.perf_counter() - start
@@ -129,6 +130,7 @@ def run(args) -> dict[str, Any]:
             holder[0] = new
             return jax.block_until_ready(metrics)
 
+        report.log(f"{args.warmup} warm-up step(s), then {args.repeats} timed")
         seconds, metrics = report.time_calls(one_step, args.repeats, args.warmup)
     program_flops = flops_of(compiled)
     flops = program_flops * m if program_flops is not None else None

@@ -45,6 +45,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="params and compute dtype of both")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling (JAX) / before timing")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile one call of each (seconds per op kind: convolution, matmul, ...)")
     p.add_argument("--workdir", default=None, help="where the diffusers folders go (default: a temporary folder)")
     p.add_argument("--json", default=None, metavar="OUT.json")
 
@@ -140,9 +142,14 @@ def torch_call(component: str, model, inputs: dict[str, np.ndarray], torch_dtype
 def run_torch(component: str, model, inputs, args, torch_dtype) -> tuple[dict, np.ndarray]:
     import torch
     call = torch_call(component, model, inputs, torch_dtype, args.num_frames)
+    load = [report.load_average()]
     with torch.inference_mode():  # PyTorch on CPU is synchronous: the call returns when the work is done
         seconds, out = report.time_calls(call, args.repeats, args.warmup)
-    return {"seconds": report.summarize(seconds), "runs": seconds}, _channels_last(out.float().numpy())
+    result = {"seconds": report.summarize(seconds), "runs": seconds, "load_average_1m": load + [report.load_average()]}
+    if args.profile:
+        from sfv_jax.bench.profile import profile_torch
+        result["profile"] = profile_torch(call)
+    return result, _channels_last(out.float().numpy())
 
 
 # ---------------------------------------------------------------- JAX side
@@ -180,13 +187,22 @@ def run_jax(component: str, module, inputs, args, dtype: str) -> tuple[dict, np.
     start = time.perf_counter()
     compiled = jitted.lower(state, arrays).compile()
     compile_s = time.perf_counter() - start
+    load = [report.load_average()]
     seconds, out = report.time_calls(lambda: jax.block_until_ready(compiled(state, arrays)), args.repeats,
                                      args.warmup)
+    load.append(report.load_average())
+    profile = None
+    if args.profile:
+        from sfv_jax.bench.profile import profile_jax
+        profile = profile_jax(lambda: compiled(state, arrays), compiled.as_text())
     flops = flops_of(compiled)
     if component == "vae_decode":  # the decoder scans over clips: XLA counts the scan body once
         flops = flops * args.batch if flops is not None else None
-    return ({"seconds": report.summarize(seconds), "runs": seconds, "compile_s": compile_s, "flops": flops},
-            np.asarray(out, np.float32))
+    result = {"seconds": report.summarize(seconds), "runs": seconds, "compile_s": compile_s, "flops": flops,
+              "load_average_1m": load}
+    if profile is not None:
+        result["profile"] = profile
+    return result, np.asarray(out, np.float32)
 
 
 # ---------------------------------------------------------------- driver
@@ -220,20 +236,24 @@ def run(args) -> dict[str, Any]:
         for folder_name in dict.fromkeys(FOLDER[c] for c in components):
             names = [c for c in components if FOLDER[c] == folder_name]
             folder = os.path.join(workdir, folder_name)
+            report.log(f"{folder_name}: building the PyTorch model and saving it")
             start = time.perf_counter()
             model = build_torch(folder_name, config, folder, torch_dtype)
             build_s = time.perf_counter() - start
             inputs = {c: make_inputs(c, config, args) for c in names}
             torch_out = {}
             for c in names:
+                report.log(f"{c}: timing PyTorch")
                 results[c] = {"torch": None, "jax": None}
                 results[c]["torch"], torch_out[c] = run_torch(c, model, inputs[c], args, torch_dtype)
             del model
             gc.collect()
+            report.log(f"{folder_name}: converting to sfv-jax")
             start = time.perf_counter()
             module = load_jax(folder_name, folder, options)
             convert_s = time.perf_counter() - start
             for c in names:
+                report.log(f"{c}: compiling and timing sfv-jax")
                 results[c]["jax"], out = run_jax(c, module, inputs[c], args, args.dtype)
                 results[c]["shape"] = list(out.shape)
                 results[c]["rel_l2"] = rel_l2(out, torch_out[c])
@@ -270,5 +290,14 @@ def format_report(payload: dict[str, Any]) -> str:
     lines.append(report.markdown_table(
         ["component", "output (channels-last)", "diffusers s", "sfv-jax s", "sfv-jax compile s",
          "sfv-jax / diffusers", "rel L2 diff", "FLOPs (XLA)", "sfv-jax FLOP/s"], rows))
+    lines.append("ratio of the fastest runs: " + ", ".join(
+        f"{name} {r['jax']['seconds']['min'] / r['torch']['seconds']['min']:.2f}"
+        for name, r in payload["results"].items()) + "; 1-minute load average while timing (diffusers, sfv-jax): "
+        + ", ".join(f"{name} {r['torch'].get('load_average_1m')}, {r['jax'].get('load_average_1m')}"
+                    for name, r in payload["results"].items()))
+    for name, r in payload["results"].items():
+        if "profile" in r["jax"] or "profile" in r["torch"]:
+            from sfv_jax.bench.profile import format_profiles
+            lines.append("\n" + format_profiles(name, r["torch"].get("profile"), r["jax"].get("profile")))
     lines.append(f"\npeak RSS {payload['peak_rss_bytes'] / 2 ** 30:.2f} GiB")
     return "\n".join(lines)
