@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from flax import nnx
 
 from sfv_jax.convert.module_state import _flatten
@@ -43,9 +45,9 @@ def initial_weights(config, models: SFVModels, shardings: TrainState | None = No
     flat_targets = {name: _flatten(tree) for name, tree in targets.items() if tree is not None}
     sharding_for = (lambda name, key, _: flat_targets[name][key]) if flat_targets else None
     try:
-        modules = load_checkpoint(path, models.options.__class__(**{**models.options.__dict__,
-                                                                    "activation_batch_axes": ()}),
-                                  names=names, sharding_for=sharding_for)
+        # Loading runs no UNet, so no activation constraints (they would need an active mesh).
+        options = dataclasses.replace(models.options, activation_batch_axes=())
+        modules = load_checkpoint(path, options, names=names, sharding_for=sharding_for)
     except KeyError as e:  # a parameter the config's model has and the checkpoint's does not
         raise CheckpointError(f"{path}: does not match the config's models ({e}); use the config it was converted "
                               f"for") from None

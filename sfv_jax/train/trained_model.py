@@ -50,7 +50,7 @@ def load_trained_modules(workdir: str, ema: bool = True, options: ModelOptions |
         raise CheckpointError(f"{path}: cannot read G and the encoders ({str(e).splitlines()[0]})") from None
     restored = jax.device_put(restored)  # host numpy -> device arrays the jitted stages take without copies
     options = options or ModelOptions(**model_config)
-    serving = SFVModels(config) if options == models.options else _models_with(config, options)
+    serving = models if options == models.options else _models_with(config, options)
     modules = {"unet": serving.generator(restored[g_key]), "vae": serving.vae(restored["encoders"]["vae"]),
                "image_encoder": serving.image_encoder(restored["encoders"]["image_encoder"])}
     pipeline_path = os.path.join(workdir, wd.PIPELINE)
