@@ -27,13 +27,72 @@ def linear(in_features: int, out_features: int, options: ModelOptions, rngs: nnx
 
 
 def conv(in_features: int, out_features: int, kernel_size: tuple[int, ...], options: ModelOptions, rngs: nnx.Rngs,
-         strides: int | tuple[int, ...] = 1, padding=None) -> nnx.Conv:
+         strides: int | tuple[int, ...] = 1, padding=None) -> "Conv":
     """A torch-style convolution: zero padding of k//2 per side unless `padding` is given."""
     if padding is None:
         padding = tuple((k // 2, k // 2) for k in kernel_size)
-    return nnx.Conv(in_features, out_features, kernel_size, strides=strides, padding=padding,
-                    dtype=options.compute_dtype, param_dtype=options.params_dtype, kernel_init=TORCH_DEFAULT_INIT,
-                    rngs=rngs)
+    return Conv(in_features, out_features, kernel_size, strides=strides, padding=padding,
+                dtype=options.compute_dtype, param_dtype=options.params_dtype, kernel_init=TORCH_DEFAULT_INIT,
+                rngs=rngs)
+
+
+# Output positions per image (product of the output's spatial sizes) up to which a convolution runs
+# as one matmul over its gathered windows. XLA:CPU's direct convolution collapses on tiny images: a
+# 3x3 conv on a 14x2x2x1280 input (SVD's bottleneck at a 16x16 latent) ran at 1 GFLOP/s, 1.6 s per
+# call, and a 4x4 one at ~50 GFLOP/s, against ~90-170 GFLOP/s for the same work as one matmul
+# (tools/bench_conv.py). From 8x8 on the direct convolution is as fast or faster and needs no
+# k-fold copy of its input, so larger images keep it.
+MATMUL_CONV_MAX_POSITIONS = 32
+
+
+class Conv(nnx.Conv):
+    """nnx.Conv (same parameters, same result) that picks how the convolution is computed.
+
+    Pointwise (1x1) kernels and convolutions with few output positions are computed as a single
+    matmul of the zero-padded, strided windows ("im2col") with the flattened kernel; everything
+    else goes to XLA's convolution. Only explicit zero padding, unit dilation and one feature
+    group take the matmul path; any other setting keeps nnx.Conv's own computation.
+    """
+
+    def _window_positions(self, inputs: jax.Array) -> tuple[int, ...] | None:
+        """Output spatial shape when the matmul path applies, else None."""
+        spatial = len(self.kernel_size)
+        if (self.feature_group_count != 1 or self.mask is not None or isinstance(self.padding, str)
+                or inputs.ndim < spatial + 2 or any(d not in (None, 1) for d in (self.input_dilation, self.kernel_dilation))):
+            return None
+        strides = (self.strides,) * spatial if isinstance(self.strides, int) else tuple(self.strides or (1,) * spatial)
+        padding = tuple(tuple(p) for p in self.padding)
+        sizes = inputs.shape[-spatial - 1:-1]
+        out = tuple((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(sizes, padding, self.kernel_size, strides))
+        pointwise = all(k == 1 for k in self.kernel_size) and all(p == (0, 0) for p in padding)
+        if min(out) < 1 or not (pointwise or math.prod(out) <= MATMUL_CONV_MAX_POSITIONS):
+            return None
+        return out
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """inputs: (*batch, *spatial, C_in) -> (*batch, *spatial', C_out)."""
+        out_sizes = self._window_positions(inputs)
+        if out_sizes is None:
+            return super().__call__(inputs)
+        spatial = len(self.kernel_size)
+        strides = (self.strides,) * spatial if isinstance(self.strides, int) else tuple(self.strides or (1,) * spatial)
+        dtype = self.dtype or inputs.dtype
+        x = inputs.astype(dtype)
+        x = jnp.pad(x, ((0, 0),) * (x.ndim - spatial - 1) + tuple(tuple(p) for p in self.padding) + ((0, 0),))
+        windows = []
+        for offset in np.ndindex(*self.kernel_size):
+            start = [0] * (x.ndim - spatial - 1) + list(offset) + [0]
+            limit = (list(x.shape[:-spatial - 1]) + [o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out_sizes)]
+                     + [x.shape[-1]])
+            step = [1] * (x.ndim - spatial - 1) + list(strides) + [1]
+            windows.append(jax.lax.slice(x, start, limit, step))
+        # Window-major, then input channel: the row order of kernel.reshape(prod(k) * C_in, C_out).
+        patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+        kernel = self.kernel[...].astype(dtype).reshape(-1, self.out_features)
+        y = jnp.einsum("...c,co->...o", patches, kernel, precision=self.precision)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
 
 
 def residual_add(residual: jax.Array, update: jax.Array) -> jax.Array:
