@@ -111,7 +111,7 @@ def _conv_as_matmul(x, kernel, strides, padding, out_sizes, precision) -> jax.Ar
         windows.append(jax.lax.slice(x, start, limit, (1,) * lead + tuple(strides) + (1,)))
     # Window-major, then input channel: the row order of kernel.reshape(prod(k) * C_in, C_out).
     patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
-    # Accumulated in float32 whatever the compute dtype, as XLA's convolution does on CPU.
+    # Accumulated in float32 whatever the compute dtype: a bf16 sum of 9 x C_in products is too coarse.
     out = jnp.einsum("...c,co->...o", patches, kernel.reshape(-1, kernel.shape[-1]), precision=precision,
                      preferred_element_type=jnp.float32)
     return out.astype(x.dtype)
@@ -128,7 +128,7 @@ class Conv(nnx.Conv):
         """inputs: (*batch, *spatial, C_in) -> (*batch, *spatial', C_out)."""
         spatial = len(self.kernel_size)
         if (self.feature_group_count != 1 or self.mask is not None or isinstance(self.padding, str)
-                or inputs.ndim < spatial + 2
+                or inputs.ndim < spatial + 2 or spatial not in _CHANNELS_LAST_DIMS
                 or any(d not in (None, 1) for d in (self.input_dilation, self.kernel_dilation))):
             return super().__call__(inputs)
         strides = (self.strides,) * spatial if isinstance(self.strides, int) else tuple(self.strides or (1,) * spatial)
