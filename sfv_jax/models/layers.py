@@ -64,14 +64,13 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
     batch_shape = x.shape[:x.ndim - spatial - 1]
     sizes = x.shape[x.ndim - spatial - 1:-1]
     window = kernel.shape[:spatial]
-    method = conv_method(sizes, window, strides, padding)
-    if method.startswith("fold"):
-        kept = int(method.split(":")[1])
+    kept = _kept_axes(window, strides, padding)
+    if kept < spatial - 1:
         y = conv_channels_last(x.reshape(*batch_shape, *sizes[:kept], math.prod(sizes[kept:]), x.shape[-1]),
                                kernel.reshape(*window[:kept], 1, *kernel.shape[-2:]), (*strides[:kept], 1),
                                (*padding[:kept], (0, 0)), precision)
         return y.reshape(*y.shape[:-2], *sizes[kept:], y.shape[-1])
-    if method == "matmul":
+    if conv_method(sizes, window, strides, padding) == "matmul":
         return _conv_as_matmul(x, kernel, strides, padding, _out_sizes(sizes, window, strides, padding), precision)
     flat = x.reshape(-1, *sizes, x.shape[-1])
     y = jax.lax.conv_general_dilated(flat, kernel, strides, padding, dimension_numbers=_CHANNELS_LAST_DIMS[spatial],
@@ -83,16 +82,22 @@ def conv_method(sizes: tuple[int, ...], window: tuple[int, ...], strides: tuple[
                 padding: tuple[tuple[int, int], ...]) -> str:
     """How conv_channels_last computes a convolution over spatial `sizes`: "fold:K" (keep the first K
     axes, merge the rest into one, then decide again), "matmul" or "xla"."""
-    spatial = len(window)
-    kept = spatial
-    while kept > 1 and window[kept - 1] == 1 and strides[kept - 1] == 1 and tuple(padding[kept - 1]) == (0, 0):
-        kept -= 1
-    if kept < spatial - 1:
+    kept = _kept_axes(window, strides, padding)
+    if kept < len(window) - 1:
         return f"fold:{kept}"
     pointwise = all(k == 1 for k in window) and all(tuple(p) == (0, 0) for p in padding)
     if pointwise or math.prod(_out_sizes(sizes, window, strides, padding)) <= MATMUL_CONV_MAX_POSITIONS:
         return "matmul"
     return "xla"
+
+
+def _kept_axes(window, strides, padding) -> int:
+    """How many leading spatial axes remain once the trailing ones the kernel does not span
+    (size 1, stride 1, no padding) are merged into one (at least 1)."""
+    kept = len(window)
+    while kept > 1 and window[kept - 1] == 1 and strides[kept - 1] == 1 and tuple(padding[kept - 1]) == (0, 0):
+        kept -= 1
+    return kept
 
 
 def _out_sizes(sizes, window, strides, padding) -> tuple[int, ...]:
@@ -281,9 +286,10 @@ class Upsample2D(nnx.Module):
             return jnp.concatenate([k0, k1 + k2], axis), jnp.concatenate([k0 + k1, k2], axis)
 
         pads = ((1, 0), (0, 1))  # phase 0 reaches one pixel back, phase 1 one pixel forward
+        x = x.astype(dtype)
         phases = []
         for a, row_kernel in enumerate(two_taps(kernel, 0)):
-            phases.append([conv_channels_last(x.astype(dtype), k.astype(dtype), (1, 1), (pads[a], pads[b]),
+            phases.append([conv_channels_last(x, k.astype(dtype), (1, 1), (pads[a], pads[b]),
                                               self.conv.precision)
                            for b, k in enumerate(two_taps(row_kernel, 1))])
         # (N, H, 2[a], W, 2[b], C') -> (N, 2H, 2W, C')
