@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from diffusers.models.resnet import ResnetBlock2D as TorchResnetBlock2D
 from diffusers.models.resnet import SpatioTemporalResBlock as TorchSpatioTemporalResBlock
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel as TorchTransformer
@@ -87,12 +88,22 @@ def tiny_unet_pair(tmp_path_factory):
     return torch_unet, unet_from_diffusers(folder), folder
 
 
+# Compiled, as the pipeline and the train step run the UNet: op-by-op (eager) execution of the tiny
+# UNet takes ~40 s per call on 2 CPU cores, its compilation ~15 s.
+unet_forward = nnx.jit(lambda unet, *inputs: unet(*inputs))
+
+
+def jax_inputs(sample, timestep, context, time_ids):
+    """unet_inputs' torch tensors -> the Flax UNet's arguments (the sample channels-last)."""
+    return (jnp.asarray(np.moveaxis(sample.numpy(), 2, -1)), jnp.asarray(timestep.numpy()),
+            jnp.asarray(context.numpy()), jnp.asarray(time_ids.numpy()))
+
+
 def run_both(torch_unet, unet, height, width, frames, batch=2):
-    sample, timestep, context, time_ids = unet_inputs(batch, frames, height, width)
+    inputs = unet_inputs(batch, frames, height, width)
     with torch.no_grad():
-        ref = torch_unet(sample, timestep, context, time_ids).sample.numpy()
-    out = unet(jnp.asarray(np.moveaxis(sample.numpy(), 2, -1)), jnp.asarray(timestep.numpy()),
-               jnp.asarray(context.numpy()), jnp.asarray(time_ids.numpy()))
+        ref = torch_unet(*inputs).sample.numpy()
+    out = unet_forward(unet, *jax_inputs(*inputs))
     return np.moveaxis(np.asarray(out, np.float32), -1, 2), ref
 
 
@@ -107,13 +118,12 @@ def test_whole_unet(tiny_unet_pair, height, width, frames):
 def test_bf16_close_to_float32(tiny_unet_pair):
     """bf16 compute (float32 params), and bf16 params + compute, within rel 2e-2 of float32."""
     _, unet32, folder = tiny_unet_pair
-    inputs = [jnp.asarray(np.moveaxis(t.numpy(), 2, -1)) if t.ndim == 5 else jnp.asarray(t.numpy())
-              for t in unet_inputs(1, 4, 8, 8)]
-    reference = unet32(*inputs)
+    inputs = jax_inputs(*unet_inputs(2, 4, 8, 8))  # test_whole_unet[8-8-4]'s inputs: its program is reused
+    reference = unet_forward(unet32, *inputs)
     for options in (ModelOptions(dtype="bfloat16"), ModelOptions(param_dtype="bfloat16", dtype="bfloat16")):
         unet = unet_from_diffusers(folder, options)
         assert unet.conv_in.kernel[...].dtype == jnp.dtype(options.param_dtype)
-        out = unet(*inputs)
+        out = unet_forward(unet, *inputs)
         assert out.dtype == jnp.bfloat16
         err = rel_err(np.asarray(out, np.float32), reference)
         print(f"{options}: rel L2 err vs float32 {err:.2e} (bound 2e-2)")
