@@ -68,3 +68,21 @@ def test_upsample_to_a_given_size_keeps_the_nearest_resize():
     cols = np.floor(np.arange(9) * np.float32(4 / 9)).astype(int)
     expected = nnx.Conv.__call__(up.conv, x[:, rows][:, :, cols])
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("method", ["matmul", "xla"])
+def test_forced_method_computes_the_same_convolution(method):
+    """conv_channels_last(method=...) overrides the size rule only: both paths give one answer,
+    including after the temporal fold."""
+    from sfv_jax.models.layers import conv_channels_last
+    rng = np.random.default_rng(4)
+    for shape, kernel, padding in (((2, 16, 16, 5), (3, 3, 5, 7), ((1, 1), (1, 1))),
+                                   ((2, 3, 4, 4, 5), (3, 1, 1, 5, 7), ((1, 1), (0, 0), (0, 0)))):
+        x = jnp.asarray(rng.standard_normal(shape, np.float32))
+        k = jnp.asarray(rng.standard_normal(kernel, np.float32))
+        strides = (1,) * (len(kernel) - 2)
+        got = conv_channels_last(x, k, strides, padding, method=method)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(conv_channels_last(x, k, strides, padding)),
+                                   rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match="method 'winograd'"):
+        conv_channels_last(x, k, strides, padding, method="winograd")

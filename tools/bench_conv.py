@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sfv_jax.models.layers import Conv, TORCH_DEFAULT_INIT, conv_method
+from sfv_jax.models.layers import Conv, TORCH_DEFAULT_INIT, conv_channels_last, conv_method
 
 # (height x width x channels) of the UNet's 3x3 convolutions at a 16x16 latent, and the VAE decoder's
 # at a 16x16 latent (its last stages run at 128x128).
@@ -78,13 +78,9 @@ def main(argv=None) -> None:
 
 
 def _im2col(layer: Conv, x: jax.Array) -> jax.Array:
-    """The matmul path of Conv whatever the size (the threshold lifted for this measurement)."""
-    import sfv_jax.models.layers as layers
-    saved, layers.MATMUL_CONV_MAX_POSITIONS = layers.MATMUL_CONV_MAX_POSITIONS, math.inf
-    try:
-        return layer(x)
-    finally:
-        layers.MATMUL_CONV_MAX_POSITIONS = saved
+    """The matmul path of Conv whatever the size (after the same folding of untouched axes)."""
+    strides = (1,) * len(layer.kernel_size)
+    return conv_channels_last(x, layer.kernel[...], strides, layer.padding, method="matmul") + layer.bias[...]
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ _CHANNELS_LAST_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3:
 
 
 def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], padding: tuple[tuple[int, int], ...],
-                       precision=None) -> jax.Array:
+                       precision=None, method: str | None = None) -> jax.Array:
     """Zero-padded, undilated convolution of x (*batch, *spatial, C_in) with kernel (*k, C_in, C_out).
 
     Chooses how XLA computes it, never what it computes:
@@ -59,7 +59,11 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
     - pointwise kernels, and kernels over few output positions (<= MATMUL_CONV_MAX_POSITIONS), run as
       one matmul of the strided windows (im2col);
     - everything else is XLA's convolution.
+    method: "matmul" or "xla" forces that path after any folding (benchmarks and tests compare the
+      paths this way); None picks by conv_method.
     """
+    if method not in (None, "matmul", "xla"):
+        raise ValueError(f"conv_channels_last: method {method!r} is not one of None, 'matmul', 'xla'")
     spatial = kernel.ndim - 2
     batch_shape = x.shape[:x.ndim - spatial - 1]
     sizes = x.shape[x.ndim - spatial - 1:-1]
@@ -68,9 +72,9 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
     if kept < spatial - 1:
         y = conv_channels_last(x.reshape(*batch_shape, *sizes[:kept], math.prod(sizes[kept:]), x.shape[-1]),
                                kernel.reshape(*window[:kept], 1, *kernel.shape[-2:]), (*strides[:kept], 1),
-                               (*padding[:kept], (0, 0)), precision)
+                               (*padding[:kept], (0, 0)), precision, method)
         return y.reshape(*y.shape[:-2], *sizes[kept:], y.shape[-1])
-    if conv_method(sizes, window, strides, padding) == "matmul":
+    if (method or conv_method(sizes, window, strides, padding)) == "matmul":
         return _conv_as_matmul(x, kernel, strides, padding, _out_sizes(sizes, window, strides, padding), precision)
     flat = x.reshape(-1, *sizes, x.shape[-1])
     y = jax.lax.conv_general_dilated(flat, kernel, strides, padding, dimension_numbers=_CHANNELS_LAST_DIMS[spatial],
