@@ -264,3 +264,10 @@ def test_training_reads_a_pre_encoded_latent_cache(cache, tmp_path):
     metrics = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) and m["nonfinite"] == 0 for m in metrics)
+
+
+def test_micro_batches_that_do_not_split_over_the_batch_devices_are_named():
+    from sfv_jax.train.loop import micro_batch_warning
+    assert micro_batch_warning(16, 2, 4) is None and micro_batch_warning(4, 1, 4) is None
+    message = micro_batch_warning(4, 2, 4)  # the micro config on 4 data devices: micro-batches of 2
+    assert "micro-batches of 2 clips" in message and "multiple of grad_accum_steps x 4" in message

@@ -74,6 +74,22 @@ def _batch_axes(rules) -> tuple[str, ...]:
     return tuple(axes) if isinstance(axes, (list, tuple)) else ((axes,) if axes else ())
 
 
+def micro_batch_warning(global_batch_size: int, grad_accum_steps: int, batch_devices: int) -> str | None:
+    """Why a micro-batch would not shard evenly over the batch axes' devices, or None when it does.
+
+    The train step shards each micro-batch (global_batch_size / grad_accum_steps clips) over the batch
+    axes; a size that does not divide by their device count makes XLA replicate activations across
+    them (its "involuntary full rematerialization" warnings), which costs memory and time, not results.
+    """
+    micro = global_batch_size // grad_accum_steps
+    if micro % batch_devices == 0:
+        return None
+    return (f"micro-batches of {micro} clips (global_batch_size={global_batch_size} / grad_accum_steps="
+            f"{grad_accum_steps}) do not split over the {batch_devices} devices of the batch axes: XLA will "
+            f"replicate activations across them; use a global_batch_size that is a multiple of "
+            f"grad_accum_steps x {batch_devices}")
+
+
 def _check_config(config) -> None:
     if config.global_batch_size % jax.process_count():
         raise SfvError(f"global_batch_size={config.global_batch_size} does not split over {jax.process_count()} "
@@ -106,6 +122,10 @@ def train(config, workdir: str) -> int:
         data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
                                   process_count=num_processes)
     mesh = make_mesh(config.mesh)
+    batch_devices = int(np.prod([mesh.shape[a] for a in _batch_axes(config.sharding.rules) if a in mesh.shape]))
+    warning = micro_batch_warning(config.global_batch_size, config.grad_accum_steps, batch_devices)
+    if warning and process == 0:
+        log.warning(warning)
     resuming = wd.is_workdir(workdir)
     if resuming:
         wd.check_same_config(workdir, config)
