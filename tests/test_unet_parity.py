@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from diffusers.models.resnet import ResnetBlock2D as TorchResnetBlock2D
 from diffusers.models.resnet import SpatioTemporalResBlock as TorchSpatioTemporalResBlock
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel as TorchTransformer
+from flax import nnx
 
 from sfv_jax.convert import unet_from_diffusers
 from sfv_jax.convert.unet_rules import UNET_RULES

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sfv_jax.bench.report import time_calls
 from sfv_jax.models.layers import Conv, TORCH_DEFAULT_INIT, conv_channels_last, conv_method
 
 # (height x width x channels) of the UNet's 3x3 convolutions at a 16x16 latent, and the VAE decoder's
@@ -36,13 +36,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median of `repeats` timed calls of fn(*args) after one untimed (compiling) call."""
+    return statistics.median(time_calls(lambda: jax.block_until_ready(fn(*args)), repeats, warmup=1)[0])
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+from sfv_jax.bench.report import time_calls
 from sfv_jax.models.layers import TORCH_DEFAULT_INIT, Conv, GroupNorm, Upsample2D, conv_method
 from sfv_jax.models.options import ModelOptions
 from sfv_jax.models.vae_blocks import VAE_EPS
@@ -60,13 +60,8 @@ def decoder_layers(block_out_channels, layers_per_block: int, latent_channels: i
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median of `repeats` timed calls of fn after one untimed one (fn blocks until done)."""
+    return statistics.median(time_calls(fn, repeats, warmup=1)[0])
 
 
 def layer_pair(kind, c_in, c_out):
@@ -99,7 +94,6 @@ def main(argv=None) -> None:
         channels = tuple(int(c) for c in args.block_out_channels.split(","))
     except ValueError:
         raise SystemExit("--latent takes HEIGHTxWIDTH (e.g. 16x16), --block-out-channels comma-separated ints") from None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} on "
           f"{torch.get_num_threads()} threads; {args.frames} frames, latent {height}x{width}, float32, "
           f"median of {args.repeats} calls\n")

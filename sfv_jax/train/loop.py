@@ -122,7 +122,8 @@ def train(config, workdir: str) -> int:
         data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
                                   process_count=num_processes)
     mesh = make_mesh(config.mesh)
-    batch_devices = int(np.prod([mesh.shape[a] for a in _batch_axes(config.sharding.rules) if a in mesh.shape]))
+    batch_axes = _batch_axes(config.sharding.rules)
+    batch_devices = int(np.prod([mesh.shape[a] for a in batch_axes if a in mesh.shape]))
     warning = micro_batch_warning(config.global_batch_size, config.grad_accum_steps, batch_devices)
     if warning and process == 0:
         log.warning(warning)
@@ -133,7 +134,7 @@ def train(config, workdir: str) -> int:
         raise SfvError(f"{workdir} exists and is not a training workdir; choose an empty or new --workdir")
 
     with jax.set_mesh(mesh):
-        models = SFVModels(config, activation_batch_axes=_batch_axes(config.sharding.rules))
+        models = SFVModels(config, activation_batch_axes=batch_axes)
         abstract = abstract_state(models, with_encoders=True)
         shardings = state_shardings(abstract, mesh, config.sharding)
         frames_sharding = NamedSharding(mesh, batch_spec(config.sharding.rules))
@@ -146,7 +147,7 @@ def train(config, workdir: str) -> int:
         else:
             abstract_batch = jax.eval_shape(encode, abstract.encoders, jax.ShapeDtypeStruct(frame_shape, np.uint8),
                                             jax.random.PRNGKey(0))
-        step_fn, _, batch_shardings = jit_train_step(make_train_step(config, models, _batch_axes(config.sharding.rules)),
+        step_fn, _, batch_shardings = jit_train_step(make_train_step(config, models, batch_axes),
                                                      abstract, abstract_batch, mesh, config.sharding)
         encode_fn = jax.jit(encode, in_shardings=(shardings.encoders, frames_sharding, None),
                             out_shardings=batch_shardings)
