@@ -11,7 +11,9 @@ from configs import sfv_svd, svd_xt, tiny
 
 def micro_unet(config: ml_collections.ConfigDict) -> None:
     config.layers_per_block = 1
-    config.block_out_channels = (32,)
+    # 64 channels: SVD's GroupNorms have 32 groups, and at 32 channels each channel is normalised alone, which
+    # erases the time embedding the resnets add before their second norm (G could not see the noise level).
+    config.block_out_channels = (64,)
     config.down_block_types = ("CrossAttnDownBlockSpatioTemporal",)
     config.up_block_types = ("CrossAttnUpBlockSpatioTemporal",)
     config.num_attention_heads = (2,)

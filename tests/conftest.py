@@ -26,3 +26,40 @@ enable_compilation_cache(None)
 def pytest_sessionfinish(session, exitstatus):
     if _SESSION_CACHE is not None:
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def micro_step():
+    """The micro config's SF-V step with exact R1, built once per session for every test that trains.
+
+    Unusual loss weights (lambda_recon 0.25, r1_gamma 0.5; the paper's are 0.1 and 1e-5) so that a weight
+    hard-coded in the step cannot pass the recombination checks. The step is split as the real one is:
+    `gradients` and `apply` jitted separately (one compile each, reused everywhere); `step(state, batch)`
+    composes them. Learning rates live in the optimiser state (tests change them without recompiling).
+    """
+    import jax
+
+    from sfv_jax.train.state import SFVModels, new_state
+    from sfv_jax.train.step import make_train_step
+    from tests.train_helpers import make_batch, micro_config
+
+    config = micro_config("sfv.r1_mode=exact", "sfv.lambda_recon=0.25", "sfv.r1_gamma=0.5", "optim.g_lr=2e-3",
+                          "optim.d_lr=1e-3", "global_batch_size=4", "grad_accum_steps=2")
+    models = SFVModels(config)
+    train_step = make_train_step(config, models)
+    gradients, apply = jax.jit(train_step.gradients), jax.jit(train_step.apply)
+
+    class MicroStep:
+        def __init__(self):
+            self.config, self.models, self.train_step = config, models, train_step
+            self.gradients, self.apply = gradients, apply
+            self.fresh = jax.jit(lambda: new_state(config, models))
+            self.batch = make_batch(config)
+
+        def step(self, state, batch):
+            return apply(state, *gradients(state, batch))
+
+    return MicroStep()

@@ -89,7 +89,7 @@ SHARDED_VS_SINGLE = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     sys.path.insert(0, os.getcwd())
-    from tests.test_train_core import micro_config, make_batch
+    from tests.train_helpers import micro_config, make_batch, update_errors
     from sfv_jax.parallel.mesh import make_mesh
     from sfv_jax.parallel.sharding import jit_train_step
     from sfv_jax.train.state import SFVModels, new_state, abstract_state
@@ -98,22 +98,26 @@ SHARDED_VS_SINGLE = textwrap.dedent("""
     config = micro_config("global_batch_size=16", "grad_accum_steps=2", "optim.g_lr=1e-3", "optim.d_lr=1e-3",
                           "mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1")
     models = SFVModels(config)
-    batch = make_batch(config)
+    batches = [make_batch(config, seed=s) for s in (0, 1)]
     init = new_state(config, models)
     host = jax.tree.map(np.asarray, init)
     out = {}
 
-    single, metrics = jax.jit(make_train_step(config, models))(init, batch)
+    single_step = jax.jit(make_train_step(config, models))
+    single = init
+    for batch in batches:
+        single, metrics = single_step(single, batch)
     single, metrics = jax.tree.map(np.asarray, (single, metrics))
 
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
         abstract = abstract_state(models)
         step, state_sh, batch_sh = jit_train_step(make_train_step(config, models, batch_axes=("data", "fsdp")),
-                                                  abstract, batch, mesh, config.sharding)
-        state = jax.device_put(host, state_sh)
-        sharded_batch = jax.device_put(batch, batch_sh)
-        new, sharded_metrics = step(state, sharded_batch)
+                                                  abstract, batches[0], mesh, config.sharding)
+        new = jax.device_put(host, state_sh)
+        for batch in batches:
+            sharded_batch = jax.device_put(batch, batch_sh)
+            new, sharded_metrics = step(new, sharded_batch)
         out["state_shardings_ok"] = all(a.sharding == s for a, s in zip(jax.tree.leaves(new), jax.tree.leaves(state_sh)))
         kernel = new.g_params["conv_in"]["kernel"]
         out["conv_in_spec"] = str(kernel.sharding.spec)
@@ -130,34 +134,43 @@ SHARDED_VS_SINGLE = textwrap.dedent("""
 
     rel = lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
     out["metric_rel"] = {k: rel(sharded_metrics[k], metrics[k]) for k in metrics}
-    leaves = lambda t: jax.tree.leaves(t)
-    flat = lambda t: np.concatenate([np.ravel(x) for x in leaves(t)])
-    for t in ("g_params", "d_heads", "g_ema"):
-        out[t + "_rel"] = rel(flat(getattr(new, t)), flat(getattr(single, t)))
-        out[t + "_update_rel"] = rel(flat(getattr(new, t)) - flat(getattr(host, t)),
-                                     flat(getattr(single, t)) - flat(getattr(host, t)))
-    named = jax.tree_util.tree_flatten_with_path(single.g_params)[0] + \
-        jax.tree_util.tree_flatten_with_path(single.d_heads)[0]
-    per_leaf = [(rel(a, b), jax.tree_util.keystr(p)) for (p, b), a in
-                zip(named, leaves(new.g_params) + leaves(new.d_heads))]
-    out["worst_leaves"] = sorted(per_leaf, reverse=True)[:4]
-    out["backbone_identical"] = all(np.array_equal(a, b) for a, b in zip(leaves(new.backbone), leaves(host.backbone)))
+    out["leaves"] = {}
+    for tree in ("g_params", "g_ema", "d_heads", "g_opt", "d_opt"):
+        errors = update_errors(getattr(host, tree), getattr(new, tree), getattr(single, tree))
+        out["leaves"][tree] = dict(count=len(errors), worst=errors[:3])
+    out["backbone_identical"] = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.backbone),
+                                                                        jax.tree.leaves(host.backbone)))
+    out["step"] = [int(new.step), int(single.step)]
     print("RESULT" + json.dumps(out))
 """)
 
+# Per leaf, relative to the leaf's own update: the two programs run the same float32 arithmetic in a different
+# reduction order (partial sums per device, then an all-reduce), which moves results by ~1e-7 relative per sum;
+# SM3 divides each gradient by the root of its accumulated square, which can amplify that for near-zero
+# gradient entries, but never beyond a few 1e-6 of the leaf's update norm (measured worst: printed).
+UPDATE_BOUND = 1e-4
 
-@pytest.mark.slow
-def test_sharded_step_equals_single_device_on_8_fake_devices():
-    """data=2, fsdp=4 on 8 CPU devices vs one device: losses and updated params within rel 1e-5 (float32)."""
+
+def test_sharded_step_equals_single_device_per_tensor_on_8_fake_devices():
+    """Two steps with data=2, fsdp=4 on 8 CPU devices vs the same two steps on one device: for EVERY leaf of
+    g_params, g_ema, d_heads and both optimiser states, the difference of the two runs' updates (new - init)
+    relative to the single-device update's norm is <= 1e-4; a leaf one run leaves unchanged must be unchanged
+    in the other. Also: output shardings as specified, a batch-sharded forward, an untouched backbone.
+
+    Catches: a gradient not all-reduced over a batch axis (one device's micro-batch only), an FSDP-sharded leaf
+    whose update is applied to one shard, an optimiser state left replicated and out of step, a mean taken over
+    the local instead of the global batch."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run([sys.executable, "-c", SHARDED_VS_SINGLE], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1500)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT"):])
-    print(out)
+    for tree, leaves in out["leaves"].items():
+        print(f"{tree}: {leaves['count']} leaves, worst update difference {leaves['worst'][0]} (bound {UPDATE_BOUND:.0e})")
+    assert out["step"] == [2, 2]
     assert out["state_shardings_ok"]
-    assert out["conv_in_spec"] == str(P(None, None, None, "fsdp")) and out["conv_in_shard_shape"] == [3, 3, 8, 8]
+    assert out["conv_in_spec"] == str(P(None, None, None, "fsdp")) and out["conv_in_shard_shape"] == [3, 3, 8, 16]
     assert out["forward_batch_sharded"] and out["forward_shard_shape"][0] == 2
     assert out["batch_shard_shape"][0] == 2  # 16 samples over data*fsdp = 8 devices
     assert out["backbone_identical"]
@@ -165,8 +178,8 @@ def test_sharded_step_equals_single_device_on_8_fake_devices():
         # R1 (approx) squares a difference of two nearby D scores: cancellation amplifies rounding,
         # so it gets 1e-4; every loss and norm the update depends on gets 1e-5.
         assert value <= (1e-4 if name == "r1" else 1e-5), (name, value)
-    for tree in ("g_params", "d_heads", "g_ema"):
-        assert out[tree + "_rel"] <= 1e-5, (tree, out[tree + "_rel"], out["worst_leaves"])
+    for tree, leaves in out["leaves"].items():
+        assert leaves["count"] > 0 and leaves["worst"][0][0] <= UPDATE_BOUND, (tree, leaves["worst"])
 
 
 def test_unet_pins_activations_to_the_batch_axes_at_block_boundaries():

@@ -1,4 +1,7 @@
-"""SF-V training core: noise samplers, losses, discriminator, and the pure train step (CPU, float32)."""
+"""SF-V training core: noise samplers and the losses' formulas (CPU, float32).
+
+The step itself: tests/test_train_step.py, test_train_r1.py, test_train_remat.py, test_train_learning.py;
+the discriminator: tests/test_discriminator.py."""
 
 from __future__ import annotations
 
@@ -8,37 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from sfv_jax.config import load_config
-from sfv_jax.models.discriminator import SFVDiscriminator
 from sfv_jax.train import losses
 from sfv_jax.train.noise import NoiseSampler, discriminator_probs, generator_levels
-from sfv_jax.train.state import SFVModels, new_state
-from sfv_jax.train.step import make_train_step, reconstruction_eval
+from sfv_jax.train.state import SFVModels
 
-# One cross-attention block with one layer: every layer type of the UNet and the discriminator in the
-# smallest XLA program (the gradient of the 4-block tiny UNet takes minutes to compile on 2 CPU cores).
-MICRO_UNET = ("unet.layers_per_block=1", "unet.block_out_channels=(32,)",
-              "unet.down_block_types=('CrossAttnDownBlockSpatioTemporal',)",
-              "unet.up_block_types=('CrossAttnUpBlockSpatioTemporal',)", "unet.num_attention_heads=(2,)")
-
-
-def micro_config(*overrides: str):
-    return load_config("configs/tiny_sfv.py", list(MICRO_UNET) + ["sfv.r1_mode=approx", *overrides])
-
-
-def make_batch(config, batch: int | None = None, height: int = 8, width: int = 8, seed: int = 0) -> dict:
-    """Random batch: latents (B,T,h,w,4), image_latent (B,h,w,4), clip (B,1,D), added_time_ids (B,3)."""
-    rng = np.random.default_rng(seed)
-    b = batch or config.global_batch_size
-    sfv = config.sfv
-    return dict(
-        latents=jnp.asarray(0.5 * rng.standard_normal((b, config.data.num_frames, height, width, 4)), jnp.float32),
-        image_latent=jnp.asarray(rng.standard_normal((b, height, width, 4)), jnp.float32),
-        clip=jnp.asarray(rng.standard_normal((b, 1, config.unet.cross_attention_dim)), jnp.float32),
-        added_time_ids=jnp.asarray(np.tile([[sfv.fps - 1, sfv.motion_bucket_id, sfv.noise_aug_strength]], (b, 1)),
-                                   jnp.float32))
+from tests.train_helpers import make_batch
 
 
 # ---------------------------------------------------------------- noise levels
@@ -119,108 +98,20 @@ def tiny_discriminator():
     return score, x, sigma, batch
 
 
-def test_r1_exact_equals_direct_per_sample_gradients(tiny_discriminator):
-    score, x, sigma, batch = tiny_discriminator
-    got = jax.jit(lambda x: losses.r1_penalty(score, x, "exact"))(x)
-    norms = []
-    for b in range(x.shape[0]):  # each sample through D alone: no cross-sample terms
-        one = {k: v[b:b + 1] for k, v in batch.items()}
-        g = jax.grad(lambda xb: score(xb, sigma[b:b + 1], one)[0])(x[b:b + 1])
-        norms.append(float(jnp.sum(g.astype(jnp.float64) ** 2)))
-    np.testing.assert_allclose(float(got), np.mean(norms), rtol=1e-5)
-    assert float(got) > 0
-
-
 def test_r1_approx_equals_its_formula_and_off_is_zero(tiny_discriminator):
+    """Approx R1 is mean_b (D(x)_b - D(x + N(0, 0.1^2))_b)^2, also when D(x) is passed in precomputed.
+
+    Catches: the perturbation scaled by the wrong sigma, a precomputed D(x) ignored or taken of the wrong input.
+    (Exact R1 is checked inside the real step, in float64: tests/test_train_r1.py.)"""
     score, x, _, _ = tiny_discriminator
     key = jax.random.PRNGKey(7)
     got = losses.r1_penalty(score, x, "approx", key, 0.1)
     noisy = x + 0.1 * jax.random.normal(key, x.shape)
     np.testing.assert_allclose(got, np.mean((np.asarray(score(x)) - np.asarray(score(noisy))) ** 2), rtol=1e-5)
+    reused = losses.r1_penalty(score, x, "approx", key, 0.1, score_x=score(x))
+    np.testing.assert_allclose(reused, got, rtol=1e-6)
     assert float(losses.r1_penalty(score, x, "off")) == 0.0
     with pytest.raises(ValueError, match="r1 mode"):
         losses.r1_penalty(score, x, "typo")
 
 
-# ---------------------------------------------------------------- discriminator structure
-
-def test_discriminator_has_encoder_backbone_and_eight_heads():
-    config = load_config("configs/tiny_sfv.py")
-    models = SFVModels(config)
-    assert set(models.abstract_backbone["backbone"]) == {"conv_in", "time_embedding", "add_embedding", "down_blocks"}
-    assert len(models.abstract_heads["spatial_heads"]) == 4 and len(models.abstract_heads["temporal_heads"]) == 4
-    # Backbone parameters equal the generator's encoder-half parameters, name for name and shape for shape.
-    flat = lambda t: {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
-    g, bb = flat(models.abstract_g), flat(models.abstract_backbone["backbone"])
-    assert all(g[k] == v for k, v in bb.items()) and len(bb) < len(g)
-    d = models.discriminator(models.abstract_backbone, models.abstract_heads)
-    batch = make_batch(config, batch=2, height=16, width=12)
-    out = jax.eval_shape(lambda d, x: d(x, jnp.ones((2,)), batch["image_latent"], batch["clip"],
-                                        batch["added_time_ids"]), d, batch["latents"])
-    sizes = [(8, 6), (4, 3), (2, 2), (2, 2)]  # after each block's downsampler (16x12 input)
-    for kind in ("spatial", "temporal"):
-        assert [o.shape for o in out[kind]] == [(2, config.data.num_frames, h, w) for h, w in sizes]
-
-
-# ---------------------------------------------------------------- the train step
-
-@pytest.fixture(scope="module")
-def compiled_step():
-    """The micro config's step, compiled once: (config, models, jitted step, initial-state factory, batch)."""
-    config = micro_config("optim.g_lr=2e-3", "optim.d_lr=1e-3", "global_batch_size=2", "grad_accum_steps=1")
-    models = SFVModels(config)
-    fresh = jax.jit(lambda: new_state(config, models))
-    step = jax.jit(make_train_step(config, models))
-    batch = make_batch(config)
-    return config, models, step, fresh, batch
-
-
-def _equal(a, b) -> bool:
-    return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def test_step_freezes_backbone_and_keeps_updates_apart(compiled_step):
-    config, models, step, fresh, batch = compiled_step
-    state0 = fresh()
-    state = state0
-    for _ in range(3):
-        state, metrics = step(state, batch)
-    assert int(state.step) == 3
-    assert _equal(state.backbone, state0.backbone), "frozen backbone changed"
-    assert not _equal(state.g_params, state0.g_params) and not _equal(state.d_heads, state0.d_heads)
-    for name in ("g_loss", "d_loss", "recon", "r1", "g_grad_norm", "d_grad_norm", "d_real_spatial",
-                 "d_fake_temporal", "sigma_d_mean", "sigma_g_mean"):
-        assert np.isfinite(float(metrics[name])), name
-    # The G update alone (D learning rate 0) never touches D params; the D update alone never touches G.
-    with_lr = lambda opt, lr: opt._replace(hyperparams={**opt.hyperparams, "learning_rate": jnp.float32(lr)})
-    s1, _ = step(state0.replace(d_opt=with_lr(state0.d_opt, 0.0)), batch)
-    assert _equal(s1.d_heads, state0.d_heads) and not _equal(s1.g_params, state0.g_params)
-    s2, _ = step(fresh().replace(g_opt=with_lr(state0.g_opt, 0.0)), batch)
-    assert _equal(s2.g_params, state0.g_params) and not _equal(s2.d_heads, state0.d_heads)
-    assert _equal(s2.backbone, state0.backbone)
-
-
-def test_same_seed_is_bit_identical(compiled_step):
-    _, _, step, fresh, batch = compiled_step
-    runs = []
-    for _ in range(2):
-        state = fresh()
-        for _ in range(2):
-            state, metrics = step(state, batch)
-        runs.append((state, metrics))
-    assert _equal(runs[0][0], runs[1][0]) and _equal(runs[0][1], runs[1][1])
-
-
-@pytest.mark.slow  # ~95 s on 2 shared CPU cores (200 steps + an eval compile)
-def test_200_steps_halve_the_reconstruction_loss(compiled_step):
-    config, models, step, fresh, batch = compiled_step
-    evaluate = jax.jit(lambda p: reconstruction_eval(config, models, p, batch))
-    state = fresh()
-    before = float(evaluate(state.g_params))
-    for _ in range(200):
-        state, metrics = step(state, batch)
-        assert np.isfinite(float(metrics["g_adv"])) and np.isfinite(float(metrics["d_loss"]))
-    after = float(evaluate(state.g_params))
-    print(f"reconstruction {before:.4f} -> {after:.4f}; last g_adv {float(metrics['g_adv']):.4f}, "
-          f"d_loss {float(metrics['d_loss']):.4f}")
-    assert after <= 0.5 * before, (before, after)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sfv_jax.models.layers import linear
-from sfv_jax.models.options import ModelOptions
+from sfv_jax.models.options import ModelOptions, at_least_float32
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
@@ -23,7 +23,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementati
     # (N, L, heads, D) layout directly let XLA:CPU pick a transposed output layout that ran the
     # weights @ values product 2-3x slower (SVD's 16x16-latent spatial attention: 60 ms vs 18 ms).
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
-    logits = jnp.einsum("nhqd,nhkd->nhqk", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum("nhqd,nhkd->nhqk", q, k, preferred_element_type=at_least_float32(q.dtype)) * scale
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights, v), 1, 2)
 
@@ -68,7 +68,7 @@ class GEGLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden, gate = jnp.split(self.proj(x), 2, axis=-1)
-        return hidden * jax.nn.gelu(gate.astype(jnp.float32), approximate=False).astype(hidden.dtype)
+        return hidden * jax.nn.gelu(gate.astype(at_least_float32(gate.dtype)), approximate=False).astype(hidden.dtype)
 
 
 class FeedForward(nnx.Module):

@@ -1,6 +1,6 @@
 """SF-V's discriminator: the frozen encoder half of the SVD UNet with 4 spatial and 4 temporal heads.
 
-See docs/sfv_method.md section 3. The backbone is `UNetSpatioTemporalConditionModel` built with
+See docs/method.md section 3. The backbone is `UNetSpatioTemporalConditionModel` built with
 `encoder_only=True` (conv_in, embeddings, down blocks: the same code and parameter names as the
 generator, so it is initialised by copying the generator's matching parameters). Heads are the only
 trained part:
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sfv_jax.models.layers import GroupNorm, conv, linear, timestep_embedding
-from sfv_jax.models.options import ModelOptions
+from sfv_jax.models.options import ModelOptions, at_least_float32
 from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
 from sfv_jax.models.unet_config import UNetConfig
 
@@ -64,11 +64,15 @@ class ConditionEmbedding(nnx.Module):
         self.frame_proj = linear(head.cond_embed_dim, head.proj_dim, options, rngs, use_bias=False)
 
     def __call__(self, clip: jax.Array, c_noise: jax.Array, num_frames: int) -> jax.Array:
-        """clip (B, S, D) (mean over S tokens), c_noise (B,) -> (B, T, D_proj) float32."""
-        clip_e = self.clip_proj(clip.astype(jnp.float32).mean(axis=1))
-        noise_e = self.noise_proj(timestep_embedding(c_noise.astype(jnp.float32), self.cond_embed_dim))
-        frame_e = self.frame_proj(timestep_embedding(jnp.arange(num_frames, dtype=jnp.float32), self.cond_embed_dim))
-        return (clip_e + noise_e)[:, None, :].astype(jnp.float32) + frame_e[None].astype(jnp.float32)
+        """clip (B, S, D) (mean over S tokens), c_noise (B,) -> (B, T, D_proj), float32 or wider.
+
+        Row (b, t) embeds sample b's CLIP embedding and noise level and the frame index t.
+        """
+        dtype = at_least_float32(clip.dtype)
+        clip_e = self.clip_proj(clip.astype(dtype).mean(axis=1))
+        noise_e = self.noise_proj(timestep_embedding(c_noise, self.cond_embed_dim))
+        frame_e = self.frame_proj(timestep_embedding(jnp.arange(num_frames), self.cond_embed_dim, dtype=dtype))
+        return (clip_e + noise_e)[:, None, :].astype(dtype) + frame_e[None].astype(dtype)
 
 
 class ProjectionHead(nnx.Module):
@@ -85,13 +89,14 @@ class ProjectionHead(nnx.Module):
         self.embed = ConditionEmbedding(clip_dim, head, options, rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
-        """phi: (N, *positions, C) -> (N, *positions, D_proj) float32."""
+        """phi: (N, *positions, C) -> (N, *positions, D_proj), float32 or wider."""
         h = jax.nn.leaky_relu(self.norm(self.conv1(x)), self.leaky_slope)
-        return self.conv2(h).astype(jnp.float32)
+        out = self.conv2(h)
+        return out.astype(at_least_float32(out.dtype))
 
     def logits(self, phi: jax.Array, cond: jax.Array) -> jax.Array:
         """phi and cond broadcastable (..., D_proj) -> per-position logits (...)."""
-        return self.out(phi)[..., 0].astype(jnp.float32) + jnp.sum(phi * cond, axis=-1)
+        return self.out(phi)[..., 0].astype(phi.dtype) + jnp.sum(phi * cond, axis=-1)
 
 
 class SFVDiscriminator(nnx.Module):
@@ -105,6 +110,38 @@ class SFVDiscriminator(nnx.Module):
         self.spatial_heads = nnx.List([ProjectionHead(c, clip_dim, head, 2, options, rngs) for c in channels])
         self.temporal_heads = nnx.List([ProjectionHead(c, clip_dim, head, 1, options, rngs) for c in channels])
 
+    def backbone_features(self, noisy: jax.Array, sigma: jax.Array, image_latent: jax.Array, clip: jax.Array,
+                          added_time_ids: jax.Array) -> list[jax.Array]:
+        """The frozen encoder's 4 feature maps, each (B*T, h_i, w_i, C_i) (frame index fastest), for
+        re-noised latents fed as the generator is fed: c_in(sigma') * noisy, c_noise(sigma'), the image latent
+        repeated over frames on the channel axis. Arguments as for `__call__`."""
+        sigma = sigma.astype(at_least_float32(sigma.dtype))
+        c_in = (1.0 / jnp.sqrt(sigma ** 2 + 1.0))[:, None, None, None, None]
+        cond_frames = jnp.broadcast_to(image_latent[:, None], noisy.shape[:-1] + image_latent.shape[-1:])
+        sample = jnp.concatenate([(noisy * c_in).astype(image_latent.dtype), cond_frames], axis=-1)
+        return self.backbone.down_features(sample, 0.25 * jnp.log(sigma), clip, added_time_ids)
+
+    def head_logits(self, feats: list[jax.Array], c_noise: jax.Array, clip: jax.Array,
+                    num_frames: int) -> dict[str, list[jax.Array]]:
+        """The 8 heads on the backbone's feature maps (each (B*T, h_i, w_i, C_i)); c_noise (B,), clip (B, 1, D).
+
+        Returns {"spatial": [4 x (B, T, h_i, w_i)], "temporal": [4 x (B, T, h_i, w_i)]} per-position logits.
+        """
+        out = {"spatial": [], "temporal": []}
+        for feat, s_head, t_head in zip(feats, self.spatial_heads, self.temporal_heads):
+            _, h, w, c = feat.shape
+            batch = feat.shape[0] // num_frames
+            # Spatial: every frame is a sample; cond of (b, t) broadcast over its pixels.
+            phi = s_head.features(feat).reshape(batch, num_frames, h, w, -1)
+            cond = s_head.embed(clip, c_noise, num_frames)[:, :, None, None, :]
+            out["spatial"].append(s_head.logits(phi, cond))
+            # Temporal: every pixel's time series is a sample; cond of frame t at time position t.
+            series = feat.reshape(batch, num_frames, h, w, c).transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)
+            phi = t_head.features(series).reshape(batch, h, w, num_frames, -1).transpose(0, 3, 1, 2, 4)
+            cond = t_head.embed(clip, c_noise, num_frames)[:, :, None, None, :]
+            out["temporal"].append(t_head.logits(phi, cond))
+        return out
+
     def __call__(self, noisy: jax.Array, sigma: jax.Array, image_latent: jax.Array, clip: jax.Array,
                  added_time_ids: jax.Array) -> dict[str, list[jax.Array]]:
         """Per-head, per-position logits for re-noised latents.
@@ -116,28 +153,11 @@ class SFVDiscriminator(nnx.Module):
           clip: (B, 1, D) CLIP image embedding.
           added_time_ids: (B, 3).
         Returns:
-          {"spatial": [4 x (B, T, h_i, w_i)], "temporal": [4 x (B, T, h_i, w_i)]} float32 logits.
+          {"spatial": [4 x (B, T, h_i, w_i)], "temporal": [4 x (B, T, h_i, w_i)]} logits, float32 or wider.
         """
-        batch, num_frames = noisy.shape[:2]
-        sigma = sigma.astype(jnp.float32)
-        c_in = (1.0 / jnp.sqrt(sigma ** 2 + 1.0))[:, None, None, None, None]
-        c_noise = 0.25 * jnp.log(sigma)
-        cond_frames = jnp.broadcast_to(image_latent[:, None], noisy.shape[:-1] + image_latent.shape[-1:])
-        sample = jnp.concatenate([(noisy * c_in).astype(image_latent.dtype), cond_frames], axis=-1)
-        feats = self.backbone.down_features(sample, c_noise, clip, added_time_ids)
-        out = {"spatial": [], "temporal": []}
-        for feat, s_head, t_head in zip(feats, self.spatial_heads, self.temporal_heads):
-            _, h, w, c = feat.shape
-            # Spatial: every frame is a sample; cond of (b, t) broadcast over its pixels.
-            phi = s_head.features(feat).reshape(batch, num_frames, h, w, -1)
-            cond = s_head.embed(clip, c_noise, num_frames)[:, :, None, None, :]
-            out["spatial"].append(s_head.logits(phi, cond))
-            # Temporal: every pixel's time series is a sample; cond of frame t at time position t.
-            series = feat.reshape(batch, num_frames, h, w, c).transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)
-            phi = t_head.features(series).reshape(batch, h, w, num_frames, -1).transpose(0, 3, 1, 2, 4)
-            cond = t_head.embed(clip, c_noise, num_frames)[:, :, None, None, :]
-            out["temporal"].append(t_head.logits(phi, cond))
-        return out
+        feats = self.backbone_features(noisy, sigma, image_latent, clip, added_time_ids)
+        c_noise = 0.25 * jnp.log(sigma.astype(at_least_float32(sigma.dtype)))
+        return self.head_logits(feats, c_noise, clip, noisy.shape[1])
 
 
 def backbone_params_from_unet(unet_params: dict, backbone_params: dict) -> dict:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sfv_jax.models.options import ModelOptions
+from sfv_jax.models.options import ModelOptions, at_least_float32
 
 
 # torch's default init for Linear and Conv weights: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
@@ -122,7 +122,7 @@ def _conv_as_matmul(x, kernel, strides, padding, out_sizes, precision) -> jax.Ar
     patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
     # Accumulated in float32 whatever the compute dtype: a bf16 sum of 9 x C_in products is too coarse.
     out = jnp.einsum("...c,co->...o", patches, kernel.reshape(-1, kernel.shape[-1]), precision=precision,
-                     preferred_element_type=jnp.float32)
+                     preferred_element_type=at_least_float32(x.dtype))
     return out.astype(x.dtype)
 
 
@@ -156,7 +156,8 @@ def residual_add(residual: jax.Array, update: jax.Array) -> jax.Array:
     compute in bf16: rounding it to bf16 at every block compounds through the ~100 residual
     additions of the UNet (2.4e-2 rel error vs 1e-2 on the tiny UNet with random weights).
     """
-    return residual.astype(jnp.float32) + update.astype(jnp.float32)
+    dtype = at_least_float32(jnp.promote_types(residual.dtype, update.dtype))
+    return residual.astype(dtype) + update.astype(dtype)
 
 
 class GroupNorm(nnx.Module):
@@ -180,7 +181,7 @@ class GroupNorm(nnx.Module):
         """x: (N, *pooled, C) -> the same shape, in the compute dtype."""
         batch, channels = x.shape[0], x.shape[-1]
         per_group = channels // self.num_groups
-        flat = x.astype(jnp.float32).reshape(batch, -1, channels)  # (N, P, C): every pooled axis in one
+        flat = x.astype(at_least_float32(x.dtype)).reshape(batch, -1, channels)  # (N, P, C): every pooled axis in one
         count = flat.shape[1] * per_group
         mean = flat.mean(axis=1).reshape(batch, self.num_groups, per_group).mean(axis=-1)  # (N, G)
         channel_mean = jnp.repeat(mean, per_group, axis=1)[:, None, :]  # (N, 1, C)
@@ -192,8 +193,8 @@ class GroupNorm(nnx.Module):
         squares = jnp.einsum("npc,npc->nc", centred, centred, precision=jax.lax.Precision.HIGHEST)
         var = squares.reshape(batch, self.num_groups, per_group).sum(axis=-1) / count  # (N, G)
         # Normalise and apply the affine in one multiply-add per element: y = x * a + b per channel.
-        a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), per_group, axis=1) * self.scale[...].astype(jnp.float32)
-        b = self.bias[...].astype(jnp.float32) - channel_mean[:, 0] * a  # (N, C)
+        a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), per_group, axis=1) * self.scale[...].astype(flat.dtype)
+        b = self.bias[...].astype(flat.dtype) - channel_mean[:, 0] * a  # (N, C)
         out = flat * a[:, None, :] + b[:, None, :]
         return out.reshape(x.shape).astype(self.out_dtype)
 
@@ -208,23 +209,28 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((num_features,), options.params_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(at_least_float32(x.dtype))
         mean = x32.mean(axis=-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(axis=-1, keepdims=True)
         out = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-        out = out * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        out = out * self.scale[...].astype(x32.dtype) + self.bias[...].astype(x32.dtype)
         return out.astype(self.out_dtype)
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool = True,
-                       downscale_freq_shift: float = 0.0, max_period: float = 10000.0) -> jax.Array:
-    """diffusers' get_timestep_embedding: (N,) -> (N, dim) float32 sinusoids ([cos, sin] when flipped)."""
+                       downscale_freq_shift: float = 0.0, max_period: float = 10000.0, dtype=None) -> jax.Array:
+    """diffusers' get_timestep_embedding: (N,) -> (N, dim) sinusoids ([cos, sin] when flipped), in float32 or the
+    wider of `dtype` and the input's (float64 models compute them in float64)."""
     half = dim // 2
-    # Frequencies in float32 exactly as torch builds them, so the sinusoids of large ids
-    # (motion_bucket_id=127) agree to the last bits.
-    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32)
-    freqs = jnp.exp(jnp.asarray(exponent / np.float32(half - downscale_freq_shift)))
-    args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    dtype = at_least_float32(jnp.promote_types(timesteps.dtype, dtype or jnp.float32))
+    if dtype == jnp.float32:
+        # Frequencies in float32 exactly as torch builds them, so the sinusoids of large ids
+        # (motion_bucket_id=127) agree to the last bits.
+        exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32)
+        freqs = jnp.exp(jnp.asarray(exponent / np.float32(half - downscale_freq_shift)))
+    else:  # float64 on the host: a compiled and an op-by-op program then see the same constants
+        freqs = np.exp(-math.log(max_period) * np.arange(half) / (half - downscale_freq_shift))
+    args = timesteps.astype(dtype)[:, None] * jnp.asarray(freqs, dtype)[None, :]
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
     if flip_sin_to_cos:
         emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
@@ -327,8 +333,9 @@ class AlphaBlender(nnx.Module):
         self.mix_factor = nnx.Param(jnp.full((1,), alpha, options.params_dtype), init_value=alpha)
 
     def __call__(self, x_spatial: jax.Array, x_temporal: jax.Array) -> jax.Array:
-        alpha = jax.nn.sigmoid(self.mix_factor[...].astype(jnp.float32))
+        dtype = at_least_float32(jnp.promote_types(x_spatial.dtype, x_temporal.dtype))
+        alpha = jax.nn.sigmoid(self.mix_factor[...].astype(dtype))
         if self.switch_spatial_to_temporal_mix:
             alpha = 1.0 - alpha
         # Blended in float32: both branches carry the residual stream (see residual_add).
-        return alpha * x_spatial.astype(jnp.float32) + (1.0 - alpha) * x_temporal.astype(jnp.float32)
+        return alpha * x_spatial.astype(dtype) + (1.0 - alpha) * x_temporal.astype(dtype)

@@ -8,6 +8,13 @@ import jax
 import jax.numpy as jnp
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def at_least_float32(dtype) -> jnp.dtype:
+    """The dtype norms, softmax and the residual stream compute in: float32, or a wider input dtype
+    (float64, for numerical checks under jax_enable_x64) kept as it is."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 # Names accepted for `remat`; each maps to a jax.checkpoint policy (None: save nothing).
 REMAT_POLICIES = {
@@ -23,9 +30,10 @@ class ModelOptions:
     """How a model stores and computes, independent of its architecture.
 
     Attributes:
-      param_dtype: dtype the parameters are stored in ("float32" or "bfloat16").
+      param_dtype: dtype the parameters are stored in ("float32" or "bfloat16"; "float64" for
+        numerical checks, which need jax_enable_x64).
       dtype: compute dtype of convolutions and matmuls. Norms and softmax always run in
-        float32, as SVD's own GroupNorm32 does.
+        float32 (or float64 when dtype is float64), as SVD's own GroupNorm32 does.
       attention: "xla" (portable einsum attention) or "cudnn" (fused kernel through
         jax.nn.dot_product_attention; NVIDIA GPUs, bf16/fp16 compute only).
       remat: rematerialisation policy applied to every resnet and transformer block:
@@ -44,8 +52,8 @@ class ModelOptions:
     def __post_init__(self):
         for field in ("param_dtype", "dtype"):
             value = getattr(self, field)
-            if value not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"{field}={value!r}: use float32, bfloat16 or float16")
+            if value not in FLOAT_DTYPES:
+                raise ValueError(f"{field}={value!r}: use one of {FLOAT_DTYPES}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION_IMPLEMENTATIONS}")
         object.__setattr__(self, "activation_batch_axes", tuple(self.activation_batch_axes))

@@ -101,7 +101,8 @@ class TransformerSpatioTemporalModel(nnx.Module):
         residual = x
         h = self.proj_in(self.norm(x).reshape(batch_frames, height * width, channels))
         frame_ids = jnp.tile(jnp.arange(num_frames), batch)
-        frame_emb = self.time_pos_embed(timestep_embedding(frame_ids, self.in_channels).astype(h.dtype))[:, None, :]
+        frame_emb = timestep_embedding(frame_ids, self.in_channels, dtype=h.dtype).astype(h.dtype)
+        frame_emb = self.time_pos_embed(frame_emb)[:, None, :]
         for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
             h = block(h, context)
             h_temporal = temporal_block(h + frame_emb, num_frames, time_context)

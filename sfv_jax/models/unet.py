@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sfv_jax.models.layers import GroupNorm, TimestepEmbedding, conv, timestep_embedding
-from sfv_jax.models.options import ModelOptions
+from sfv_jax.models.options import ModelOptions, at_least_float32
 from sfv_jax.models.unet_blocks import DownBlockSpatioTemporal, UNetMidBlockSpatioTemporal, UpBlockSpatioTemporal
 from sfv_jax.models.unet_config import UNetConfig
 
@@ -38,7 +38,7 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         self.conv_in = conv(config.in_channels, channels[0], (3, 3), options, rngs)
         # The conditioning embeddings run in float32 whatever the compute dtype: they are a few rows
         # of matmul, and every resnet of the network adds them.
-        embed_options = dataclasses.replace(options, dtype="float32")
+        embed_options = dataclasses.replace(options, dtype=str(at_least_float32(options.compute_dtype)))
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, embed_options, rngs)
         self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, time_embed_dim,
                                                embed_options, rngs)
@@ -79,7 +79,8 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         """conv_in output (B*T, h, w, C0), the per-frame embedding and context, shared by both entry points."""
         batch, num_frames, height, width, _ = sample.shape
         dtype = self.options.compute_dtype
-        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
+        timestep = jnp.asarray(timestep)
+        timestep = jnp.broadcast_to(timestep.astype(at_least_float32(timestep.dtype)).reshape(-1), (batch,))
         emb = self.time_embedding(timestep_embedding(timestep, self.config.block_out_channels[0]))
         time_ids = timestep_embedding(added_time_ids.reshape(-1), self.config.addition_time_embed_dim)
         emb = emb + self.add_embedding(time_ids.reshape(batch, -1))

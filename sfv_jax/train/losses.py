@@ -1,4 +1,4 @@
-"""SF-V's losses (docs/sfv_method.md section 4).
+"""SF-V's losses (docs/method.md section 4).
 
 Discriminator outputs are {"spatial": [per-position logits], "temporal": [...]}, each (B, T, h_i, w_i).
 Each head's loss averages its per-position terms; the total is the mean over the 8 heads [ours].
@@ -10,6 +10,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from sfv_jax.models.options import at_least_float32
 
 R1_MODES = ("exact", "approx", "off")
 
@@ -46,25 +48,28 @@ def pseudo_huber(a: jax.Array, b: jax.Array, c_scale: float = 0.00054) -> jax.Ar
     """
     d = a[0].size
     c = c_scale * (d ** 0.5)
-    sq = jnp.sum(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)).reshape(a.shape[0], -1), axis=1)
+    dtype = at_least_float32(jnp.promote_types(a.dtype, b.dtype))
+    sq = jnp.sum(jnp.square(a.astype(dtype) - b.astype(dtype)).reshape(a.shape[0], -1), axis=1)
     return jnp.mean(jnp.sqrt(sq + c * c) - c)
 
 
 def r1_penalty(d_score: Callable[[jax.Array], jax.Array], x: jax.Array, mode: str, key: jax.Array | None = None,
-               approx_sigma: float = 0.1) -> jax.Array:
+               approx_sigma: float = 0.1, score_x: jax.Array | None = None) -> jax.Array:
     """R1 on D's input.
 
     d_score: x (B, ...) -> per-sample score (B,) (samples independent).
     exact:  mean_b ||grad_x d_score(x)_b||^2 (one backward pass: the gradient of the sum).
-    approx: mean_b (d_score(x)_b - d_score(x + N(0, approx_sigma^2))_b)^2 (Seaweed-APT's variant).
+    approx: mean_b (d_score(x)_b - d_score(x + N(0, approx_sigma^2))_b)^2 (Seaweed-APT's variant);
+            score_x, when given, is d_score(x) already computed (saves one D pass).
     off:    0.
     """
     if mode == "off":
         return jnp.zeros((), jnp.float32)
     if mode == "exact":
         grad = jax.grad(lambda v: jnp.sum(d_score(v)))(x)
-        return jnp.mean(jnp.sum(jnp.square(grad.astype(jnp.float32)).reshape(x.shape[0], -1), axis=1))
+        return jnp.mean(jnp.sum(jnp.square(grad.astype(at_least_float32(grad.dtype))).reshape(x.shape[0], -1), axis=1))
     if mode == "approx":
         noisy = x + approx_sigma * jax.random.normal(key, x.shape, x.dtype)
-        return jnp.mean(jnp.square(d_score(x) - d_score(noisy)))
+        score_x = d_score(x) if score_x is None else score_x
+        return jnp.mean(jnp.square(score_x - d_score(noisy)))
     raise ValueError(f"r1 mode {mode!r}: use one of {R1_MODES}")

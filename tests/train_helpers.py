@@ -1,0 +1,72 @@
+"""Shared pieces of the training tests: the micro config, batches, and per-leaf comparisons of states."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sfv_jax.config import load_config
+from sfv_jax.data.synthetic import SyntheticVideos
+
+def micro_config(*overrides: str):
+    """configs/tiny_sfv.py:micro (one cross-attention block with one layer: every layer type of the UNet and the
+    discriminator in the smallest XLA program) with overrides."""
+    return load_config("configs/tiny_sfv.py:micro", list(overrides))
+
+
+def make_batch(config, batch: int | None = None, height: int = 8, width: int = 8, seed: int = 0) -> dict:
+    """Random batch: latents (B,T,h,w,4), image_latent (B,h,w,4), clip (B,1,D), added_time_ids (B,3)."""
+    rng = np.random.default_rng(seed)
+    b = batch or config.global_batch_size
+    sfv = config.sfv
+    return dict(
+        latents=jnp.asarray(0.5 * rng.standard_normal((b, config.data.num_frames, height, width, 4)), jnp.float32),
+        image_latent=jnp.asarray(rng.standard_normal((b, height, width, 4)), jnp.float32),
+        clip=jnp.asarray(rng.standard_normal((b, 1, config.unet.cross_attention_dim)), jnp.float32),
+        added_time_ids=jnp.asarray(np.tile([[sfv.fps - 1, sfv.motion_bucket_id, sfv.noise_aug_strength]], (b, 1)),
+                                   jnp.float32))
+
+
+def synthetic_batch(config, first: int, count: int, size: int = 8) -> dict:
+    """A batch of latent-like clips made from the built-in moving-shapes videos first .. first + count - 1.
+
+    Each (T, 8*size, 8*size, 3) clip is average-pooled 8x to (T, size, size, 3) (as a VAE shrinks it), centred,
+    and a 4th channel holds its luminance; the image latent is frame 0 unscaled, the CLIP embedding a fixed random
+    projection of the first frame's mean colour: no encoders to compile, structure (moving shapes) kept.
+    """
+    videos = SyntheticVideos(first + count, config.data.num_frames, 8 * size, 8 * size, seed=config.seed)
+    clips = np.stack([videos.video(i) for i in range(first, first + count)]).astype(np.float32) / 127.5 - 1.0
+    b, t = clips.shape[:2]
+    pooled = clips.reshape(b, t, size, 8, size, 8, 3).mean(axis=(3, 5))
+    latents = np.concatenate([pooled, pooled.mean(axis=-1, keepdims=True)], axis=-1)
+    latents = 0.8 * (latents - latents.mean(axis=(1, 2, 3), keepdims=True))
+    proj = np.random.default_rng(1).standard_normal((3, config.unet.cross_attention_dim)).astype(np.float32)
+    sfv = config.sfv
+    return dict(latents=jnp.asarray(latents), image_latent=jnp.asarray(latents[:, 0] / 0.8),
+                clip=jnp.asarray(pooled[:, 0].mean(axis=(1, 2)) @ proj)[:, None, :],
+                added_time_ids=jnp.asarray(np.tile([[sfv.fps - 1, sfv.motion_bucket_id, sfv.noise_aug_strength]],
+                                                   (b, 1)), jnp.float32))
+
+
+def tree_equal(a, b) -> bool:
+    """Same structure and bit-identical leaves."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(bool(np.array_equal(np.asarray(x), np.asarray(y))) for x, y in zip(la, lb))
+
+
+def update_errors(init, a, b) -> list[tuple[float, str]]:
+    """Per leaf of (init, a, b): ||(a - init) - (b - init)|| / ||b - init||, worst first, with the leaf's path.
+
+    A leaf that b leaves unchanged counts as exact only if a leaves it unchanged too (error inf otherwise),
+    so a zero update can never hide behind a zero denominator.
+    """
+    out = []
+    flat_init = jax.tree_util.tree_flatten_with_path(init)[0]
+    for (path, x0), xa, xb in zip(flat_init, jax.tree.leaves(a), jax.tree.leaves(b)):
+        x0, xa, xb = (np.asarray(v, np.float64) for v in (x0, xa, xb))
+        da, db = xa - x0, xb - x0
+        norm_b, diff = np.linalg.norm(db), np.linalg.norm(da - db)
+        rel = diff / norm_b if norm_b > 0 else (0.0 if diff == 0 else float("inf"))
+        out.append((float(rel), jax.tree_util.keystr(path)))
+    return sorted(out, reverse=True)
