@@ -103,6 +103,7 @@ def run_section(name: str, budget: float, extra: list[str], args, log, workdir: 
     cmd = [sys.executable, "-m", "tools.gpu_check", "--child", name, "--result", result_path, *extra]
     cmd += ["--dry-run"] if args.dry_run else []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("CUDA_VISIBLE_DEVICES", "0")  # one chip: the MFU peak and the micro-batch are per device
     if name != "parity":  # parity shares the GPU with torch: jax keeps its default share there
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", MEM_FRACTION)
     say(log, f"==== {name} {' '.join(extra)} (budget {budget:.0f} s)")
