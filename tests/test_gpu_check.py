@@ -107,6 +107,8 @@ def test_train_tries_smaller_micro_batches_only_after_running_out_of_memory(monk
     outcomes.update({4: ("error", "TypeError: bad argument"), 2: ("ok", None)})
     section = gpu_check.run_train(100.0, args, None, str(tmp_path))
     assert [a["micro_batch"] for a in section["result"]["attempts"]] == [4] and section["status"] == "error"
+    section = gpu_check.run_train(2.0, args, None, str(tmp_path))  # too little time to start a try
+    assert section["status"] == "timeout" and section["result"]["attempts"] == []
 
 
 def test_peak_table_and_out_of_memory_wording():

@@ -20,6 +20,7 @@ import argparse
 import datetime
 import importlib
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def parse_args(argv):
                    help="a section's time budget (repeatable); defaults in tools/gpu_check/common.py")
     p.add_argument("--micro-batches", default=None, metavar="N,N,...",
                    help="train: per-device micro-batches to try, largest first (default: the plan's)")
+    p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="train: a config override on top of the plan's, e.g. model.attention=cudnn (repeatable)")
     p.add_argument("--child", choices=SECTIONS, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--micro-batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -87,7 +90,7 @@ def run_child(args) -> int:
     try:
         rec.set("machine", report.machine())
         section = importlib.import_module(f"tools.gpu_check.{args.child}")
-        extra = (args.micro_batch,) if args.child == "train" else ()
+        extra = (args.micro_batch, args.train_override) if args.child == "train" else ()
         section.run(plan_for(args.dry_run), rec, *extra)
     except Exception as e:  # noqa: BLE001 - recorded for the driver; the traceback goes to the log
         traceback.print_exc()
@@ -99,7 +102,7 @@ def run_child(args) -> int:
 
 def run_section(name: str, budget: float, extra: list[str], args, log, workdir: str) -> dict:
     """Runs one section in a child process, killed at `budget` seconds; its status and results."""
-    result_path = os.path.join(workdir, f"{name}{''.join(extra)}.json")
+    result_path = os.path.join(workdir, f"{name}-{time.monotonic_ns()}.json")
     cmd = [sys.executable, "-m", "tools.gpu_check", "--child", name, "--result", result_path, *extra]
     cmd += ["--dry-run"] if args.dry_run else []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -117,7 +120,6 @@ def run_section(name: str, budget: float, extra: list[str], args, log, workdir: 
     seconds = time.perf_counter() - start
     result = {}
     if os.path.isfile(result_path):
-        import json
         with open(result_path) as f:
             result = json.load(f)
     if status == "ok" and not result.get("done"):
@@ -130,12 +132,14 @@ def run_section(name: str, budget: float, extra: list[str], args, log, workdir: 
 def run_train(budget: float, args, log, workdir: str) -> dict:
     """The train section at each micro-batch of the plan, largest first, until one fits in memory."""
     attempts = []
+    section = {"status": "timeout", "error": "no time left for a try", "result": {}}
     deadline = time.perf_counter() + budget
     for micro_batch in args.micro_batches:
         remaining = deadline - time.perf_counter()
         if remaining < 5:
             break
-        section = run_section("train", remaining, ["--micro-batch", str(micro_batch)], args, log, workdir)
+        extra = ["--micro-batch", str(micro_batch)] + [a for kv in args.train_override for a in ("--train-override", kv)]
+        section = run_section("train", remaining, extra, args, log, workdir)
         attempts.append({"micro_batch": micro_batch, "status": section["status"], "seconds": section["seconds"],
                          "error": section["error"], "out_of_memory": is_oom(section["error"])})
         if section["status"] == "ok" or not attempts[-1]["out_of_memory"]:

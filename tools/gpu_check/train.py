@@ -12,21 +12,23 @@ largest first, each in a fresh process, until one does not run out of memory.
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 from tools.gpu_check.common import Plan, Recorder, peak_bf16_tflops
 
 
-def run(plan: Plan, rec: Recorder, micro_batch: int) -> None:
+def run(plan: Plan, rec: Recorder, micro_batch: int, overrides: Sequence[str] = ()) -> None:
+    """One timed train step at `micro_batch` clips, with config `overrides` on top of the plan's."""
     import jax
     from sfv_jax.bench import train
 
     peak = peak_bf16_tflops(jax.devices()[0].device_kind)
-    args = argparse.Namespace(config=plan.train_config, override=list(plan.train_overrides), batch=micro_batch,
-                              grad_accum=1, num_frames=plan.train_frames, height=plan.train_height,
+    args = argparse.Namespace(config=plan.train_config, override=[*plan.train_overrides, *overrides],
+                              batch=micro_batch, grad_accum=1, num_frames=plan.train_frames, height=plan.train_height,
                               width=plan.train_width, dtype=None, peak_tflops=peak, repeats=plan.train_repeats,
                               warmup=1, json=None)
-    rec.set("setup", {"config": plan.train_config, "overrides": list(plan.train_overrides), "micro_batch": micro_batch, "device": jax.devices()[0].device_kind,
-                      "peak_bf16_tflops": peak})
+    rec.set("setup", {"config": plan.train_config, "overrides": args.override, "micro_batch": micro_batch,
+                      "device": jax.devices()[0].device_kind, "peak_bf16_tflops": peak})
     payload = train.run(args)
     r = payload["result"]
     rec.set("config", payload["config"])
