@@ -17,7 +17,9 @@ read -r -a SPECS <<<"$("$PYTHON" -c '
 import importlib.metadata as m, sys
 print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' "${NAMES[@]}")"
 for spec in "$@"; do
-  case "$spec" in jax==*|jax|jaxlib*|jax-*) echo "gpu_wheels.sh: $spec: the check uses the machine's own jax" >&2; exit 2;; esac
+  case "$spec" in
+    jax==*|jax|jaxlib*|jax-*) echo "gpu_wheels.sh: $spec: the check uses the machine's own jax" >&2; exit 2;;
+  esac
 done
 rm -rf .whl
 mkdir .whl

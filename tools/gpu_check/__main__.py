@@ -138,7 +138,8 @@ def run_train(budget: float, args, log, workdir: str) -> dict:
         remaining = deadline - time.perf_counter()
         if remaining < 5:
             break
-        extra = ["--micro-batch", str(micro_batch)] + [a for kv in args.train_override for a in ("--train-override", kv)]
+        extra = ["--micro-batch", str(micro_batch)]
+        extra += [a for kv in args.train_override for a in ("--train-override", kv)]
         section = run_section("train", remaining, extra, args, log, workdir)
         attempts.append({"micro_batch": micro_batch, "status": section["status"], "seconds": section["seconds"],
                          "error": section["error"], "out_of_memory": is_oom(section["error"])})

@@ -30,7 +30,8 @@ def variants(kind: str, channels: int):
         def fn(layer, x):
             kernel = layer.kernel[...].astype(x.dtype)
             strides = (1,) * len(layer.kernel_size)
-            return conv_channels_last(x, kernel, strides, layer.padding, method=method) + layer.bias[...].astype(x.dtype)
+            y = conv_channels_last(x, kernel, strides, layer.padding, method=method)
+            return y + layer.bias[...].astype(x.dtype)
         return fn
 
     if kind == "upsample 2x + 3x3":
@@ -80,8 +81,8 @@ def run(plan: Plan, rec: Recorder) -> None:
             x = jax.random.normal(sub, shape, jnp.bfloat16)
             out_positions = plan.conv_frames * h * w * (4 if kind.startswith("upsample") else 1)
             flops = 2 * out_positions * c * c * math.prod(kernel)
-            row = {"input": "x".join(map(str, shape)), "flops": flops, "picked": picked_path(kind, plan.conv_frames, h, w),
-                   "seconds": {}}
+            row = {"input": "x".join(map(str, shape)), "flops": flops,
+                   "picked": picked_path(kind, plan.conv_frames, h, w), "seconds": {}}
             for name, fn in paths.items():
                 jitted = jax.jit(lambda s, x, fn=fn: fn(nnx.merge(graphdef, s), x))
                 row["seconds"][name] = median_seconds(jitted, state, x, repeats=plan.conv_repeats)

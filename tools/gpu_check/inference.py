@@ -36,9 +36,9 @@ def run(plan: Plan, rec: Recorder) -> None:
     args = argparse.Namespace(num_frames=plan.inference_frames, height=plan.inference_height,
                               width=plan.inference_width, decode_chunk_size=None, repeats=plan.inference_repeats,
                               repeats_many=None, warmup=plan.inference_warmup)
-    rec.set("setup", {"config": plan.inference_config, "overrides": list(plan.inference_overrides), "frames": args.num_frames, "height": args.height,
-                      "width": args.width, "dtype": "bfloat16", "steps": 1, "repeats": args.repeats,
-                      "warmup": args.warmup})
+    rec.set("setup", {"config": plan.inference_config, "overrides": list(plan.inference_overrides),
+                      "frames": args.num_frames, "height": args.height, "width": args.width, "dtype": "bfloat16",
+                      "steps": 1, "repeats": args.repeats, "warmup": args.warmup})
     image = synthetic_image(args.height, args.width, seed=0)
     gpu = jax.default_backend() == "gpu"
     runs: dict[str, dict] = {}

@@ -66,16 +66,18 @@ def section_line(name: str, section: dict) -> str:
         return "; ".join(parts)
     if name == "conv":
         return "; ".join(f"{kind}: fastest {'/'.join(s['fastest'])}, sfv-jax's pick "
-                         f"{'is' if s['picked_is_fastest'] else 'is not'} it (worst x{s['worst_picked_over_fastest']:.2f})"
+                         f"{'is' if s['picked_is_fastest'] else 'is not'} it "
+                         f"(worst x{s['worst_picked_over_fastest']:.2f})"
                          for kind, s in (r.get("summary") or {}).items())
     if name == "inference":
         parts = []
         for impl, run in (r.get("unet_attention") or {}).items():
             if "end_to_end_s" in run:
                 stages = run["stages"]
+                compiled = [s for s in stages if s not in ("total", "host")]
                 parts.append(f"{impl}: end to end {_fmt(run['end_to_end_s'])} s ("
                              + ", ".join(f"{s} {_fmt(stages[s]['steady_s'])}" for s in stages if s != "total")
-                             + f"; compile {', '.join(_fmt(stages[s]['compile_s']) for s in stages if s not in ('total', 'host'))})")
+                             + "; compile " + ", ".join(_fmt(stages[s]["compile_s"]) for s in compiled) + ")")
             else:
                 parts.append(f"{impl}: {run.get('error') or run.get('skipped')}"[:200])
         return "; ".join(parts)
