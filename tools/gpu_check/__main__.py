@@ -22,6 +22,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "orbax-checkp
 # Share of the GPU's memory jax may take in the sections without torch (jax's default is 75%): the
 # train section looks for the largest micro-batch that fits.
 MEM_FRACTION = "0.92"
+PARITY_XLA_FLAGS = "--xla_gpu_autotune_level=0"
 
 
 def parse_args(argv):
@@ -109,6 +111,8 @@ def run_section(name: str, budget: float, extra: list[str], args, log, workdir: 
     env.setdefault("CUDA_VISIBLE_DEVICES", "0")  # one chip: the MFU peak and the micro-batch are per device
     if name != "parity":  # parity shares the GPU with torch: jax keeps its default share there
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", MEM_FRACTION)
+X
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {PARITY_XLA_FLAGS}".strip()
     say(log, f"==== {name} {' '.join(extra)} (budget {budget:.0f} s)")
     start = time.perf_counter()
     try:
