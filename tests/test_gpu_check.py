@@ -112,6 +112,30 @@ def test_train_tries_smaller_micro_batches_only_after_running_out_of_memory(monk
     assert section["status"] == "timeout" and section["result"]["attempts"] == []
 
 
+def test_each_section_gets_its_own_process_settings(monkeypatch, tmp_path):
+    """Catches autotuning switched off for a timed section, or jax's memory share raised where torch shares the GPU."""
+    seen = {}
+
+    def fake_run(cmd, env, **kwargs):
+        seen[cmd[cmd.index("--child") + 1]] = (cmd, env)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: "/usr/bin/" + name)  # as on a GPU machine
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    args = gpu_check.parse_args(["--dry-run", "--out", str(tmp_path)])
+    with open(tmp_path / "log", "w") as log:
+        for name in SECTIONS:
+            section = gpu_check.run_section(name, 10.0, [], args, log, str(tmp_path))
+            assert section["status"] == "error" and section["error"] == "exit code 1"
+    for name, (cmd, env) in seen.items():
+        assert cmd[-1] == "--dry-run" and env["CUDA_VISIBLE_DEVICES"] == "0" and env["PYTHONUNBUFFERED"] == "1"
+        assert env["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x")
+        assert ("autotune_level=0" in env["XLA_FLAGS"]) == (name == "parity"), name
+        assert ("XLA_PYTHON_CLIENT_MEM_FRACTION" in env) == (name != "parity"), name
+
+
 def test_peak_table_and_out_of_memory_wording():
     """Catches an MFU against the wrong chip's peak (or a made-up one for a CPU) and a missed OOM."""
     assert peak_bf16_tflops("NVIDIA H200") == 989.0

@@ -111,7 +111,7 @@ def run_section(name: str, budget: float, extra: list[str], args, log, workdir: 
     env.setdefault("CUDA_VISIBLE_DEVICES", "0")  # one chip: the MFU peak and the micro-batch are per device
     if name != "parity":  # parity shares the GPU with torch: jax keeps its default share there
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", MEM_FRACTION)
-X
+    elif shutil.which("nvidia-smi"):  # parity's times are incidental: spare its many small kernels autotuning
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {PARITY_XLA_FLAGS}".strip()
     say(log, f"==== {name} {' '.join(extra)} (budget {budget:.0f} s)")
     start = time.perf_counter()
