@@ -14,6 +14,7 @@ import pytest
 from tests.test_bench import FAST_COMPILE
 from tools.gpu_check import __main__ as gpu_check
 from tools.gpu_check.common import SECTIONS, is_oom, peak_bf16_tflops
+from tools.gpu_check.summary import format_summary, goals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
@@ -134,6 +135,24 @@ def test_each_section_gets_its_own_process_settings(monkeypatch, tmp_path):
         assert env["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x")
         assert ("autotune_level=0" in env["XLA_FLAGS"]) == (name == "parity"), name
         assert ("XLA_PYTHON_CLIENT_MEM_FRACTION" in env) == (name != "parity"), name
+
+
+def test_goals_are_judged_only_on_finished_full_size_sections():
+    """Catches a goal called met from a section cut short (parity of the UNet alone), or a target compared the
+    wrong way round."""
+    def section(status, result):
+        return {"status": status, "seconds": 1.0, "budget_s": 9.0, "error": None, "result": result}
+
+    payload = {"dry_run": False, "sections": {
+        "parity": section("timeout", {"components": {"unet": {"rel_l2_float32": 1e-6,
+                                                              "rel_l2_bf16_vs_float32": 1e-2}}}),
+        "inference": section("ok", {"best": {"end_to_end_s": 0.5, "unet_s": 0.09}}),
+        "train": section("ok", {"result": {"mfu": 0.41}})}}
+    rows = goals(payload)
+    assert [g["met"] for g in rows] == [False, True, True, None, None]
+    assert [g["value"] for g in rows] == [0.5, 0.09, 0.41, 1e-6, 1e-2]
+    assert rows[3]["note"] == "section parity: timeout" and "note" not in rows[0]
+    assert "- (section parity: timeout)" in format_summary({**payload, "goals": rows})
 
 
 def test_peak_table_and_out_of_memory_wording():

@@ -8,14 +8,15 @@ from typing import Any
 from sfv_jax.bench import report
 from tools.gpu_check.parity import BF16_BOUND, FLOAT32_BOUND
 
-# (name, what it reads, comparison, target, unit, a speed goal): the targets the project set for one H200.
+# (name, section, what it reads, comparison, target, unit, a speed goal): the project's targets for one H200.
 GOALS = (
-    ("one-step end to end, SVD-XT 14x576x1024 bf16", "end_to_end_s", "<=", 0.35, "s", True),
-    ("UNet stage of that step", "unet_s", "<=", 0.1, "s", True),
-    ("train-step MFU against the chip's bf16 peak", "mfu", ">=", 0.40, "", True),
-    ("float32 parity with diffusers/transformers, worst rel L2", "parity_float32", "<=", FLOAT32_BOUND, "", False),
-    ("bf16 compute (+ cuDNN attention on a GPU) vs float32, worst rel L2", "parity_bf16", "<=", BF16_BOUND, "",
+    ("one-step end to end, SVD-XT 14x576x1024 bf16", "inference", "end_to_end_s", "<=", 0.35, "s", True),
+    ("UNet stage of that step", "inference", "unet_s", "<=", 0.1, "s", True),
+    ("train-step MFU against the chip's bf16 peak", "train", "mfu", ">=", 0.40, "", True),
+    ("float32 parity with diffusers/transformers, worst rel L2", "parity", "parity_float32", "<=", FLOAT32_BOUND, "",
      False),
+    ("bf16 compute (+ cuDNN attention on a GPU) vs float32, worst rel L2", "parity", "parity_bf16", "<=", BF16_BOUND,
+     "", False),
 )
 COMPARE = {"<=": operator.le, ">=": operator.ge}
 
@@ -35,15 +36,20 @@ def measured(payload: dict) -> dict[str, float | None]:
 
 
 def goals(payload: dict) -> list[dict[str, Any]]:
-    """Each goal with its value and whether it was met (None: not measured, or a speed goal of a dry run,
-    whose tiny sizes say nothing about the GPU's speed)."""
+    """Each goal with its value and whether it was met. None: not measured, measured by a section that did
+    not finish (its value covers only part of what the goal is about), or a speed goal of a dry run, whose
+    tiny sizes say nothing about a GPU's speed."""
     values = measured(payload)
     rows = []
-    for name, key, op, target, unit, speed in GOALS:
+    for name, section, key, op, target, unit, speed in GOALS:
         value = values[key]
-        judged = value is not None and not (speed and payload["dry_run"])
-        rows.append({"goal": name, "value": value, "target": f"{op} {target:g}{unit}",
-                     "met": bool(COMPARE[op](value, target)) if judged else None})
+        status = (payload["sections"].get(section) or {}).get("status", "not run")
+        judged = value is not None and status == "ok" and not (speed and payload["dry_run"])
+        row = {"goal": name, "value": value, "target": f"{op} {target:g}{unit}",
+               "met": bool(COMPARE[op](value, target)) if judged else None}
+        if status != "ok":
+            row["note"] = f"section {section}: {status}"
+        rows.append(row)
     return rows
 
 
@@ -91,11 +97,17 @@ def section_line(name: str, section: dict) -> str:
 
 
 def format_summary(payload: dict) -> str:
-    rows = [[name, s["status"], f"{s['seconds']:.0f}/{s['budget_s']:.0f}", section_line(name, s)[:600]]
-            for name, s in payload["sections"].items()]
+    """Markdown tables of the sections (status, seconds against budget, key numbers) and of the goals."""
+    rows = []
+    for name, s in payload["sections"].items():
+        numbers = section_line(name, s)
+        if s["error"] and s["error"] not in numbers:  # partial numbers of a failed section: say why too
+            numbers = f"{s['error'][:200]} -- {numbers}"
+        rows.append([name, s["status"], f"{s['seconds']:.0f}/{s['budget_s']:.0f}", numbers[:600].replace("|", "/")])
     lines = [report.markdown_table(["section", "status", "s / budget", "numbers"], rows), ""]
     lines.append(report.markdown_table(
         ["goal", "value", "target", "met"],
-        [[g["goal"], _fmt(g["value"]), g["target"], {True: "yes", False: "NO", None: "-"}[g["met"]]]
+        [[g["goal"], _fmt(g["value"]), g["target"], {True: "yes", False: "NO", None: "-"}[g["met"]]
+          + (f" ({g['note']})" if "note" in g else "")]
          for g in payload["goals"]]))
     return "\n".join(lines)
