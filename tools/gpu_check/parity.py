@@ -73,14 +73,17 @@ def run(plan: Plan, rec: Recorder) -> None:
             float32 = vs_torch.load_jax(folder_name, folder, ModelOptions())
             bf16 = vs_torch.load_jax(folder_name, folder, ModelOptions(dtype="bfloat16", attention=attention))
             for component in (c for c in vs_torch.COMPONENTS if vs_torch.FOLDER[c] == folder_name):
-                results[component] = compare(component, model, float32, bf16, config, args, device, gpu)
-                rec.set("components", results)
+                results[component] = {}
+                compare(component, model, float32, bf16, config, args, device, gpu, results[component],
+                        lambda: rec.set("components", results))
             del model, float32, bf16
     rec.set("ok", all(r["ok"] for r in results.values()))
 
 
-def compare(component: str, torch_model, float32, bf16, config, args, device: str, gpu: bool) -> dict:
-    """The errors of one component: float32 vs torch (strict and default precision), bf16 vs float32."""
+def compare(component: str, torch_model, float32, bf16, config, args, device: str, gpu: bool, entry: dict,
+            record) -> None:
+    """Fills `entry` with the errors of one component: float32 vs torch (strict, then default precision),
+    bf16 vs float32; calls `record()` once the bounded ones are in and again at the end."""
     import jax
     import torch
     from sfv_jax.bench import vs_torch
@@ -89,13 +92,14 @@ def compare(component: str, torch_model, float32, bf16, config, args, device: st
     _, reference = vs_torch.run_torch(component, torch_model, inputs, args, torch.float32, device)
     with jax.default_matmul_precision("highest"):
         timing, out32 = vs_torch.run_jax(component, float32, inputs, args, "float32")
-    entry = {"shape": list(out32.shape), "rel_l2_float32": vs_torch.rel_l2(out32, reference),
-             "jax_float32_s": timing["seconds"]["median"], "jax_float32_compile_s": timing["compile_s"]}
+    entry.update(shape=list(out32.shape), rel_l2_float32=vs_torch.rel_l2(out32, reference),
+                 jax_float32_s=timing["seconds"]["median"], jax_float32_compile_s=timing["compile_s"])
     timing, out16 = vs_torch.run_jax(component, bf16, inputs, args, "float32")
     entry.update(rel_l2_bf16_vs_float32=vs_torch.rel_l2(out16, out32), jax_bf16_s=timing["seconds"]["median"],
                  jax_bf16_compile_s=timing["compile_s"])
     entry["ok"] = entry["rel_l2_float32"] <= FLOAT32_BOUND and entry["rel_l2_bf16_vs_float32"] <= BF16_BOUND
+    record()
     if gpu:  # last: it has no bound, so a section out of time loses it first
         _, out_default = vs_torch.run_jax(component, float32, inputs, args, "float32")
         entry["rel_l2_float32_default_precision"] = vs_torch.rel_l2(out_default, reference)
-    return entry
+        record()
