@@ -85,7 +85,7 @@ def flops_of(compiled) -> float | None:
     return float(value) if value is not None and value >= 0 else None
 
 
-def _probed_pipeline_class():
+def probed_pipeline_class():
     from sfv_jax.pipeline import SFVPipeline, _signature
 
     class ProbedPipeline(SFVPipeline):
@@ -214,7 +214,7 @@ def run(args) -> dict[str, Any]:
     modules = random_components(config, seed=config.seed, options=model_options(config, args.dtype))
     build_s = time.perf_counter() - start
     params = {name: _param_count(m) for name, m in modules.items()}
-    pipe = _probed_pipeline_class()(**modules)
+    pipe = probed_pipeline_class()(**modules)
     del modules
     image = _image(args.height, args.width)
     results = [measure(pipe, image, steps, args) for steps in steps_list]

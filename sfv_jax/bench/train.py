@@ -78,7 +78,7 @@ def _memory(compiled) -> dict[str, int] | None:
     return out
 
 
-def _device_peak_bytes() -> int | None:
+def device_peak_bytes() -> int | None:
     import jax
     stats = jax.devices()[0].memory_stats()  # None on CPU
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
@@ -141,7 +141,7 @@ def run(args) -> dict[str, Any]:
         "clips_per_s": b / stats["median"], "flops_per_step": flops, "program_flops": program_flops,
         "flops_per_s": flops_per_s,
         "mfu": flops_per_s / (args.peak_tflops * 1e12) if flops_per_s and args.peak_tflops else None,
-        "memory": _memory(compiled), "device_peak_bytes": _device_peak_bytes(),
+        "memory": _memory(compiled), "device_peak_bytes": device_peak_bytes(),
         "state_bytes": tree_bytes(abstract), "g_params": int(sum(x.size for x in jax.tree.leaves(abstract.g_params))),
         "final_metrics": {k: float(v) for k, v in metrics.items()},
     }

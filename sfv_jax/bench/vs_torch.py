@@ -121,12 +121,21 @@ def build_torch(folder_name: str, config, folder: str, torch_dtype):
     return model if torch_dtype == torch.float32 else model.to(torch_dtype)
 
 
-def torch_call(component: str, model, inputs: dict[str, np.ndarray], torch_dtype, num_frames: int
-               ) -> Callable[[], Any]:
-    """A no-argument call of the diffusers/transformers model on `inputs` moved to its layout."""
+def torch_call(component: str, model, inputs: dict[str, np.ndarray], torch_dtype, num_frames: int,
+               device: str = "cpu") -> Callable[[], Any]:
+    """A no-argument call of the diffusers/transformers model (already on `device`) on `inputs` moved to
+    its layout and device; it returns once the work is done (CUDA kernels run asynchronously)."""
     import torch
-    t = {k: torch.from_numpy(_channels_first(v, component)).to(torch_dtype if v.ndim > 1 else torch.float32)
+    t = {k: torch.from_numpy(_channels_first(v, component)).to(device, torch_dtype if v.ndim > 1 else torch.float32)
          for k, v in inputs.items()}
+    call = _torch_call(component, model, t, torch_dtype, num_frames)
+    if device == "cpu":
+        return call
+    return lambda: (call(), torch.cuda.synchronize())[0]
+
+
+def _torch_call(component: str, model, t: dict, torch_dtype, num_frames: int) -> Callable[[], Any]:
+    """The model's call on the torch tensors `t` (channels-first)."""
     if component == "unet":
         t["timestep"] = t["timestep"].to(torch_dtype)
         t["added_time_ids"] = t["added_time_ids"].to(torch_dtype)
@@ -139,17 +148,17 @@ def torch_call(component: str, model, inputs: dict[str, np.ndarray], torch_dtype
     return lambda: model(pixel_values=t["pixel_values"]).image_embeds
 
 
-def run_torch(component: str, model, inputs, args, torch_dtype) -> tuple[dict, np.ndarray]:
+def run_torch(component: str, model, inputs, args, torch_dtype, device: str = "cpu") -> tuple[dict, np.ndarray]:
     import torch
-    call = torch_call(component, model, inputs, torch_dtype, args.num_frames)
+    call = torch_call(component, model, inputs, torch_dtype, args.num_frames, device)
     load = [report.load_average()]
-    with torch.inference_mode():  # PyTorch on CPU is synchronous: the call returns when the work is done
+    with torch.inference_mode():  # torch_call returns when the work is done
         seconds, out = report.time_calls(call, args.repeats, args.warmup)
     result = {"seconds": report.summarize(seconds), "runs": seconds, "load_average_1m": load + [report.load_average()]}
     if args.profile:
         from sfv_jax.bench.profile import profile_torch
         result["profile"] = profile_torch(call)
-    return result, _channels_last(out.float().numpy())
+    return result, _channels_last(out.float().cpu().numpy())
 
 
 # ---------------------------------------------------------------- JAX side

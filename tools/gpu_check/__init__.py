@@ -1,0 +1,1 @@
+"""The GPU check (python -m tools.gpu_check): see __main__.py."""
