@@ -8,8 +8,6 @@ products of the features (shifted by the first batch's mean, which keeps float64
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 
 import numpy as np
@@ -91,17 +89,12 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
 def save_stats(path: str, mean: np.ndarray, cov: np.ndarray, count: int, protocol: dict) -> None:
     """Writes (atomically) mean, cov, count and the protocol (a dict of str/int) to an .npz file."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stats.tmp-", suffix=".npz", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        np.savez(tmp, mean=mean, cov=cov, count=np.int64(count),
-                 **{f"protocol_{k}": np.asarray(str(v)) for k, v in protocol.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from sfv_jax.eval.output import write_file_atomically
+
+    if not path.endswith(".npz"):
+        raise StatsError(f"{path}: statistics files end in .npz")
+    write_file_atomically(path, lambda tmp: np.savez(tmp, mean=mean, cov=cov, count=np.int64(count), **{
+        f"protocol_{k}": np.asarray(str(v)) for k, v in protocol.items()}))
 
 
 def load_stats(path: str, protocol: dict) -> tuple[np.ndarray, np.ndarray, int]:
