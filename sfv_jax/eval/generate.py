@@ -17,7 +17,7 @@ from sfv_jax.errors import SfvError
 
 
 def add_generate_parser(commands) -> None:
-    from sfv_jax.eval.cli import SRC_HELP
+    from sfv_jax.eval.args import SRC_HELP
 
     p = commands.add_parser("generate", help="one generated clip per real clip, conditioned on its first frame")
     p.add_argument("--checkpoint", required=True, metavar="CKPT_OR_WORKDIR",

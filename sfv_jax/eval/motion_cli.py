@@ -8,7 +8,7 @@ from sfv_jax.errors import SfvError
 
 
 def add_motion_parser(commands) -> None:
-    from sfv_jax.eval.cli import SRC_HELP, add_set_arguments
+    from sfv_jax.eval.args import SRC_HELP, add_set_arguments
 
     p = commands.add_parser("motion", help="do synthetic shapes keep colour, size and a constant velocity?")
     p.add_argument("--fake", required=True, metavar="SRC", help=f"the clips to check: {SRC_HELP}")
@@ -33,7 +33,7 @@ def run_motion(args) -> None:
     import dataclasses
     import os
 
-    from sfv_jax.eval.cli import frames_arg
+    from sfv_jax.eval.args import frames_arg
     from sfv_jax.eval.motion import Tolerances, motion_report
     from sfv_jax.eval.output import write_text_atomically
     from sfv_jax.eval.video_sets import open_video_set
