@@ -93,7 +93,7 @@ def test_saved_statistics_refuse_another_protocol(tmp_path):
 
 def test_fvd_command_equals_a_direct_computation(weights_file, tmp_path, capsys):
     """Catches any drift between the command (npz reader, batching with a padded last batch, sharded I3D,
-    streaming statistics, --stats reuse) and the protocol written out directly: torch's resize, I3D logits,
+    streaming statistics, --stats reuse, FVD of a set against itself) and the protocol written out directly: torch's resize, I3D logits,
     np.cov and scipy's sqrtm. 5 + 4 clips of 9 frames at 40x56 (cheap; rank-deficient, hence the warning)."""
     rng = np.random.default_rng(3)
     base = rng.integers(0, 256, (9, 1, 9, 40, 56, 3)).astype(np.int64)
@@ -121,6 +121,44 @@ def test_fvd_command_equals_a_direct_computation(weights_file, tmp_path, capsys)
     result = json.load(open(out))
     assert result["fvd"] == pytest.approx(direct, rel=1e-4) and result["real"]["num_videos"] == 5
     assert result["fake"]["clip_shape"] == [9, 40, 56, 3] and result["protocol"]["num_frames"] == 9
-    # Second run: the real statistics come from --stats, --real is not needed, and the value is the same.
+    # Second run: the real statistics come from --stats (--real is not needed); scored against the real clips
+    # themselves, FVD is ~0 (the saved statistics are the real set's, not the fake's).
+    argv[argv.index("--fake") + 1] = str(tmp_path / "real.npz")
     assert main(argv) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == last
+    self_fvd = float(capsys.readouterr().out.strip().splitlines()[-1].split()[1])
+    assert abs(self_fvd) < 1e-4 * np.trace(s1), (self_fvd, np.trace(s1))
+
+
+SHARDED = r"""
+import json, sys
+import jax, numpy as np
+from sfv_jax.eval.protocol import I3DFeatures, _logits
+clips = np.random.default_rng(4).integers(0, 256, (3, 9, 32, 40, 3), dtype=np.uint8)
+both = I3DFeatures(batch_size=3, weights=sys.argv[1])
+one = I3DFeatures(batch_size=3, weights=sys.argv[1], devices=jax.devices()[:1])
+batch = jax.device_put(np.concatenate([clips, clips[:1]]), both.clip_sharding)
+out = _logits(both.graphdef, both.state, batch)
+a, b = both(clips), one(clips)
+print("RESULT" + json.dumps({"devices": len(jax.devices()), "batch_size": both.batch_size,
+      "in_shard": list(batch.sharding.shard_shape(batch.shape)), "out_shard": list(out.sharding.shard_shape(out.shape)),
+      "rel": float(np.linalg.norm(a - b) / np.linalg.norm(b)), "shape": list(a.shape)}))
+"""
+
+
+@pytest.mark.slow
+def test_i3d_features_split_the_batch_over_devices(weights_file):
+    """Catches a replicated batch (every device computing every clip) or a wrong gather: on 2 fake CPU devices
+    the batch (3 clips, rounded up to 4) is split 2 + 2, and the features equal the single-device ones."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED, weights_file], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT"):])
+    assert out["devices"] == 2 and out["batch_size"] == 4
+    assert out["in_shard"] == [2, 9, 32, 40, 3] and out["out_shard"] == [2, 400]
+    assert out["shape"] == [3, 400] and out["rel"] < 1e-5, out
