@@ -73,7 +73,8 @@ def test_fvd_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, capsys, 
     fails(["eval", "fvd", "--real", two, "--fake", good, "--num-frames", "9", *out], capsys, "holds 2 arrays")
     floats = str(tmp_path / "floats.npz")
     np.savez(floats, clips(1, 9, 8, 8).astype(np.float32))
-    fails(["eval", "fvd", "--real", floats, "--fake", good, "--num-frames", "9", *out], capsys, "float32", "expected uint8")
+    fails(["eval", "fvd", "--real", floats, "--fake", good, "--num-frames", "9", *out], capsys,
+          "float32", "expected uint8")
     fails(["eval", "fvd", "--real", str(tmp_path / "nowhere"), "--fake", good, *out], capsys, "nowhere: no such folder")
     fails(["eval", "fvd", "--fake", good, "--i3d-weights", weights_file], capsys, "give --real SRC, or --stats")
     fails(["eval", "fvd", "--real", good, "--fake", good, "--num-frames", "9", "--i3d-weights",

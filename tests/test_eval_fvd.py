@@ -93,8 +93,9 @@ def test_saved_statistics_refuse_another_protocol(tmp_path):
 
 def test_fvd_command_equals_a_direct_computation(weights_file, tmp_path, capsys):
     """Catches any drift between the command (npz reader, batching with a padded last batch, sharded I3D,
-    streaming statistics, --stats reuse, FVD of a set against itself) and the protocol written out directly: torch's resize, I3D logits,
-    np.cov and scipy's sqrtm. 5 + 4 clips of 9 frames at 40x56 (cheap; rank-deficient, hence the warning)."""
+    streaming statistics, --stats reuse, FVD of a set against itself) and the protocol written out directly:
+    torch's resize, I3D logits, np.cov and scipy's sqrtm. 5 + 4 clips of 9 frames at 40x56 (cheap;
+    rank-deficient, hence the warning)."""
     rng = np.random.default_rng(3)
     base = rng.integers(0, 256, (9, 1, 9, 40, 56, 3)).astype(np.int64)
     real = np.clip(base[:5, 0] + rng.integers(-30, 31, (5, 9, 40, 56, 3)), 0, 255).astype(np.uint8)

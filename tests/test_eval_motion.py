@@ -36,7 +36,8 @@ def test_report_separates_real_clips_from_frame_shuffled_ones(clips):
 
 def test_tracked_velocities_are_the_declared_ones(clips):
     """Catches swapped axes or a speed in the wrong unit: every judged shape's fitted velocity is one of the
-    clip's declared velocities (synthetic.Shape.velocity, pixels per frame) within 0.1 px/frame (rasterised shapes jitter)."""
+    clip's declared velocities (synthetic.Shape.velocity, pixels per frame) within 0.1 px/frame (rasterised
+    shapes jitter)."""
     source, real, _ = clips
     checked = 0
     for i in range(12):

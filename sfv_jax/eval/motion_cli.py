@@ -40,7 +40,9 @@ def run_motion(args) -> None:
 
     if args.json and os.path.isdir(args.json):
         raise SfvError(f"--json {args.json} is a folder; give a file name")
-    tol = Tolerances() if args.centroid_tol is None else dataclasses.replace(Tolerances(), centroid_tol=args.centroid_tol)
+    tol = Tolerances()
+    if args.centroid_tol is not None:
+        tol = dataclasses.replace(tol, centroid_tol=args.centroid_tol)
     num_frames = frames_arg(args)
     fake = open_video_set(args.fake, num_frames, args.tfds_data_dir)
     real = None if args.real is None else open_video_set(args.real, num_frames, args.tfds_data_dir)
