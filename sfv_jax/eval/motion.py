@@ -187,8 +187,8 @@ def motion_report(fake: Iterable[np.ndarray], real: Iterable[np.ndarray] | None 
 
     Keys: num_clips, num_shapes, clips_without_shapes, clips_not_judged, coherent_share (judged clips whose
     every judged shape keeps colour, size and constant velocity), keeps_colour_share, keeps_size_share,
-    constant_velocity_share, median_centroid_error_px, speed_px_per_frame {mean, p10, median, p90}, tolerances; with real: "real" (the
-    same keys) and speed_wasserstein_px_per_frame.
+    constant_velocity_share, median_centroid_error_px, speed_px_per_frame {mean, p10, median, p90},
+    tolerances; with real: "real" (the same keys) and speed_wasserstein_px_per_frame.
     """
     report, fake_speeds = _set_report(fake, tolerances)
     report["tolerances"] = dataclasses.asdict(tolerances)
