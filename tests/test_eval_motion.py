@@ -71,3 +71,25 @@ def test_motion_command_prints_and_writes_the_report(clips, tmp_path, capsys):
     assert printed[0].startswith("fake: 48 clips") and printed[1].startswith("real: 48 clips")
     assert "coherent 100.0%" in printed[1] and printed[-1].startswith("speed distance")
     assert json.load(open(out)) == json.loads(json.dumps(motion_report(shuffled, real)))
+
+
+def test_motion_command_reads_a_tfds_set(tmp_path, capsys):
+    """Catches a broken tfds:NAME:SPLIT reader (split parsing, frame order, the source's own resizing): a TFDS
+    dataset of 6 synthetic clips (PNG frames, lossless) gives the same report as the arrays themselves."""
+    import importlib.util
+    import os
+
+    pytest.importorskip("tensorflow_datasets")
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "build_tfds_videos.py")
+    spec = importlib.util.spec_from_file_location("build_tfds_videos", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    source = SyntheticVideos(6, 8, 24, 40, seed=5)
+    videos = [source.video(i) for i in range(6)]
+    tool.build(str(tmp_path), "tiny_eval_videos", videos, 24, 40)
+    capsys.readouterr()  # TFDS's build output
+    out = str(tmp_path / "m.json")
+    assert main(["eval", "motion", "--fake", "tfds:tiny_eval_videos:train", "--tfds-data-dir", str(tmp_path),
+                 "--num-frames", "8", "--json", out]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("fake: 6 clips")
+    assert json.load(open(out)) == json.loads(json.dumps(motion_report(np.stack(videos))))

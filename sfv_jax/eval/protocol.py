@@ -70,14 +70,15 @@ class I3DFeatures:
     """Batched, sharded I3D features: `extractor(clips uint8 (n, T, H, W, 3))` -> float64 (n, 400).
 
     Every call runs `batch_size` clips (a short last batch is padded, its padding dropped), so one program is
-    compiled per clip shape. The batch is split over all devices on a 1-D "data" mesh; the weights are
-    replicated. batch_size is rounded up to a multiple of the device count.
+    compiled per clip shape. The batch is split over this process's devices (default: jax.local_devices(); each
+    process of a multi-host job scores its own videos) on a 1-D "data" mesh; the weights are replicated.
+    batch_size is rounded up to a multiple of the device count.
     """
 
     def __init__(self, model=None, batch_size: int = 8, devices=None, weights: str | None = None):
         from sfv_jax.eval.weights import load_i3d
 
-        devices = jax.devices() if devices is None else list(devices)
+        devices = jax.local_devices() if devices is None else list(devices)
         self.mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                                   devices=devices)
         self.batch_size = -(-max(1, int(batch_size)) // len(devices)) * len(devices)

