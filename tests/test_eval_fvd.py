@@ -94,33 +94,33 @@ def test_saved_statistics_refuse_another_protocol(tmp_path):
 def test_fvd_command_equals_a_direct_computation(weights_file, tmp_path, capsys):
     """Catches any drift between the command (npz reader, batching with a padded last batch, sharded I3D,
     streaming statistics, --stats reuse, FVD of a set against itself) and the protocol written out directly:
-    torch's resize, I3D logits, np.cov and scipy's sqrtm. 5 + 4 clips of 9 frames at 40x56 (cheap;
+    torch's resize, I3D logits, np.cov and scipy's sqrtm. 4 + 3 clips of 9 frames at 40x56 (cheap;
     rank-deficient, hence the warning)."""
     rng = np.random.default_rng(3)
-    base = rng.integers(0, 256, (9, 1, 9, 40, 56, 3)).astype(np.int64)
-    real = np.clip(base[:5, 0] + rng.integers(-30, 31, (5, 9, 40, 56, 3)), 0, 255).astype(np.uint8)
-    fake = np.clip(base[5:, 0] // 2 + 60, 0, 255).astype(np.uint8)
+    base = rng.integers(0, 256, (7, 9, 40, 56, 3)).astype(np.int64)
+    real = np.clip(base[:4] + rng.integers(-30, 31, (4, 9, 40, 56, 3)), 0, 255).astype(np.uint8)
+    fake = np.clip(base[4:] // 2 + 60, 0, 255).astype(np.uint8)
     np.savez(tmp_path / "real.npz", clips=real)
     np.savez(tmp_path / "fake.npz", clips=fake)
 
     graphdef, state = nnx.split(load_i3d(weights_file))
     model = jax.jit(lambda x: nnx.merge(graphdef, state)(x))
     both = np.asarray(model(torch_resize(np.concatenate([real, fake]))), np.float64)  # one compile
-    feats = {"real": both[:5], "fake": both[5:]}
+    feats = {"real": both[:4], "fake": both[4:]}
     mu1, mu2 = feats["real"].mean(0), feats["fake"].mean(0)
     s1, s2 = np.cov(feats["real"], rowvar=False), np.cov(feats["fake"], rowvar=False)
     direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2)))
 
     stats, out = str(tmp_path / "real_stats.npz"), str(tmp_path / "fvd.json")
-    argv = ["eval", "fvd", "--fake", str(tmp_path / "fake.npz"), "--num-frames", "9", "--batch-size", "3",
+    argv = ["eval", "fvd", "--fake", str(tmp_path / "fake.npz"), "--num-frames", "9", "--batch-size", "2",
             "--i3d-weights", weights_file, "--stats", stats]
     assert main(argv + ["--real", str(tmp_path / "real.npz"), "--json", out]) == 0
     captured = capsys.readouterr()
     last = captured.out.strip().splitlines()[-1]
     assert last.startswith("FVD ") and float(last.split()[1]) == pytest.approx(direct, rel=1e-4)
-    assert "has rank 4 < 400" in captured.err and "has rank 3 < 400" in captured.err
+    assert "has rank 3 < 400" in captured.err and "has rank 2 < 400" in captured.err
     result = json.load(open(out))
-    assert result["fvd"] == pytest.approx(direct, rel=1e-4) and result["real"]["num_videos"] == 5
+    assert result["fvd"] == pytest.approx(direct, rel=1e-4) and result["real"]["num_videos"] == 4
     assert result["fake"]["clip_shape"] == [9, 40, 56, 3] and result["protocol"]["num_frames"] == 9
     # Second run: the real statistics come from --stats (--real is not needed); scored against the real clips
     # themselves, FVD is ~0 (the saved statistics are the real set's, not the fake's).
