@@ -84,9 +84,9 @@ def test_rank_warning_states_the_rank():
 def test_saved_statistics_refuse_another_protocol(tmp_path):
     """Catches statistics of 16-frame clips being reused for whole videos."""
     path = str(tmp_path / "s.npz")
-    save_stats(path, np.zeros(3), np.eye(3), 5, {"num_frames": 16})
-    mean, cov, count = load_stats(path, {"num_frames": 16})
-    assert count == 5 and np.array_equal(cov, np.eye(3))
+    save_stats(path, np.zeros(3), np.eye(3), 5, {"num_frames": 16}, (16, 64, 80, 3))
+    mean, cov, count, shape = load_stats(path, {"num_frames": 16})
+    assert count == 5 and np.array_equal(cov, np.eye(3)) and shape == (16, 64, 80, 3)
     with pytest.raises(StatsError, match="num_frames: 16 here, full asked"):
         load_stats(path, {"num_frames": "full"})
 

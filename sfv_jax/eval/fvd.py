@@ -27,7 +27,7 @@ class SetStats:
     count: int
     rank: int
     source: str
-    clip_shape: tuple | None = None  # (T, H, W, 3) of the clips; None for statistics read from a file
+    clip_shape: tuple | None = None  # (T, H, W, 3) of the clips, where known
 
     def summary(self) -> dict:
         shape = None if self.clip_shape is None else list(self.clip_shape)

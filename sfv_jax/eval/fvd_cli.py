@@ -46,13 +46,13 @@ def run_fvd(args) -> None:
     # Open both sets first: a bad path fails before minutes of I3D work.
     real_set = None if reuse else open_video_set(args.real, num_frames, args.tfds_data_dir)
     fake_set = open_video_set(args.fake, num_frames, args.tfds_data_dir)
+    if reuse:
+        mean, cov, count, clip_shape = load_stats(args.stats, protocol(num_frames))
+        real = SetStats(mean, cov, count, covariance_rank(cov), args.stats, clip_shape)
     extractor = I3DFeatures(batch_size=args.batch_size, weights=args.i3d_weights)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if reuse:
-            mean, cov, count = load_stats(args.stats, protocol(num_frames))
-            real = SetStats(mean, cov, count, covariance_rank(cov), args.stats)
-        else:
+        if not reuse:
             real = set_stats(real_set, extractor, "real", args.limit)
         fake = set_stats(fake_set, extractor, "fake", args.limit)
         if real.clip_shape is not None and real.clip_shape[0] != fake.clip_shape[0]:
@@ -61,7 +61,7 @@ def run_fvd(args) -> None:
         value = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
     _print_warnings(caught)
     if args.stats and not reuse:
-        save_stats(args.stats, real.mean, real.cov, real.count, protocol(num_frames))
+        save_stats(args.stats, real.mean, real.cov, real.count, protocol(num_frames), real.clip_shape)
     if args.json:
         from sfv_jax.eval.output import write_text_atomically
 

@@ -87,21 +87,27 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2.0 * root))
 
 
-def save_stats(path: str, mean: np.ndarray, cov: np.ndarray, count: int, protocol: dict) -> None:
-    """Writes (atomically) mean, cov, count and the protocol (a dict of str/int) to an .npz file."""
+def save_stats(path: str, mean: np.ndarray, cov: np.ndarray, count: int, protocol: dict,
+               clip_shape: tuple | None = None) -> None:
+    """Writes (atomically) mean, cov, count, the protocol (a dict of str/int) and the clips' shape (T, H, W, 3)
+    to an .npz file."""
     from sfv_jax.eval.output import write_file_atomically
 
     if not path.endswith(".npz"):
         raise StatsError(f"{path}: statistics files end in .npz")
-    write_file_atomically(path, lambda tmp: np.savez(tmp, mean=mean, cov=cov, count=np.int64(count), **{
-        f"protocol_{k}": np.asarray(str(v)) for k, v in protocol.items()}))
+    shape = np.asarray([] if clip_shape is None else clip_shape, np.int64)
+    fields = {f"protocol_{k}": np.asarray(str(v)) for k, v in protocol.items()}
+    write_file_atomically(path, lambda tmp: np.savez(tmp, mean=mean, cov=cov, count=np.int64(count),
+                                                     clip_shape=shape, **fields))
 
 
-def load_stats(path: str, protocol: dict) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mean, cov, count) from a save_stats file; StatsError if it is unreadable or made under another protocol."""
+def load_stats(path: str, protocol: dict) -> tuple[np.ndarray, np.ndarray, int, tuple | None]:
+    """(mean, cov, count, clip shape or None) from a save_stats file; StatsError if it is unreadable or was made
+    under another protocol."""
     try:
         with np.load(path, allow_pickle=False) as f:
             mean, cov, count = f["mean"], f["cov"], int(f["count"])
+            clip_shape = tuple(int(d) for d in f["clip_shape"]) if "clip_shape" in f.files else ()
             saved = {k[len("protocol_"):]: str(f[k]) for k in f.files if k.startswith("protocol_")}
     except (OSError, KeyError, ValueError) as e:
         raise StatsError(f"{path}: not a statistics file written by sfv-jax eval fvd --stats ({e})") from None
@@ -112,4 +118,4 @@ def load_stats(path: str, protocol: dict) -> tuple[np.ndarray, np.ndarray, int]:
         raise StatsError(f"{path}: statistics made under another protocol ({diff}); delete it or pick another --stats")
     if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
         raise StatsError(f"{path}: mean {mean.shape} and covariance {cov.shape} do not fit together")
-    return mean, cov, count
+    return mean, cov, count, clip_shape or None
