@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("sfv_jax.sample_cli", fromlist=["x"]).add_sample_parser(subparsers)
     __import__("sfv_jax.train_cli", fromlist=["x"]).add_train_parser(subparsers)
     __import__("sfv_jax.bench.cli", fromlist=["x"]).add_bench_parser(subparsers)
+    __import__("sfv_jax.eval.cli", fromlist=["x"]).add_eval_parser(subparsers)
     return parser
 
 

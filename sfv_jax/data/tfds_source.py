@@ -86,7 +86,7 @@ class TfdsVideos:
     def __len__(self) -> int:
         return self._num
 
-    def _frames(self, index: int, rng: np.random.Generator) -> list[np.ndarray]:
+    def frames(self, index: int, rng: np.random.Generator) -> list[np.ndarray]:
         """The clip's frames at source size, decoding only the frames it uses."""
         example = self._records[index]
         encoded = list(example.features.feature[VIDEO_KEY].bytes_list.value)
@@ -104,4 +104,4 @@ class TfdsVideos:
 
     def clip(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """Example `index` -> uint8 (num_frames, height, width, 3); rng picks the start frame."""
-        return np.stack([resize_center_crop(f, self.height, self.width) for f in self._frames(index, rng)])
+        return np.stack([resize_center_crop(f, self.height, self.width) for f in self.frames(index, rng)])

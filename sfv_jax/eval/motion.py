@@ -1,0 +1,202 @@
+"""The motion report for the built-in synthetic data (sfv_jax/data/synthetic.py), where I3D features say little.
+
+Synthetic clips are discs and squares of one flat colour each (one channel >= 160) gliding at constant velocity
+over a dark gradient (every channel <= 127), drawn without antialiasing. A generator that learned the data keeps
+each shape's colour and size and moves it in a straight line at constant speed. Per clip:
+
+1. foreground = pixels whose brightest channel is >= `foreground` (144, between the two ranges);
+2. the shapes' colours = clusters of the first frame's foreground colours (the most common colour, everything
+   within `colour_radius` of it, repeat), each with at least `min_pixels` pixels;
+3. in every frame, each foreground pixel belongs to the nearest shape colour within `colour_radius`: a shape's
+   area, centroid and mean colour per frame;
+4. frames where a shape touches another one (one may hide part of the other: the data draws them on top of each
+   other) do not count for its size and position; a shape clear of the others in fewer than half the frames
+   (or 3) is not judged, and a clip with no judged shape is counted apart (`clips_not_judged`), not as a pass;
+5. per judged shape: keeps its colour (seen in >= 75% of frames, median colour drift <= `colour_tol`), keeps its size
+   (median |area / median area - 1| <= `size_tol`), constant velocity (least-squares line through its centroids,
+   median distance to it <= `centroid_tol` pixels).
+
+A judged clip passes when every judged shape passes all three; the shares are over judged clips. Speeds (pixels
+per frame, from the fitted lines) of all shapes form a distribution; against a real set it is compared with the
+1-D Wasserstein distance.
+`motion_report(fake, real)` returns everything as a dict (for scripts and the toy-scale SF-V evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import numpy as np
+
+from sfv_jax.errors import SfvError
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    foreground: int = 144
+    colour_radius: float = 48.0
+    min_pixels: int = 3
+    colour_tol: float = 24.0
+    size_tol: float = 0.25
+    centroid_tol: float = 1.0
+    min_present: float = 0.75
+    min_clear: float = 0.5
+    max_shapes: int = 8
+
+
+@dataclasses.dataclass
+class ShapeTrack:
+    """One tracked shape: its first-frame colour, and per-frame area, centroid (x, y), mean colour."""
+
+    colour: np.ndarray  # (3,)
+    area: np.ndarray  # (T,) pixels, 0 where not found
+    centroid: np.ndarray  # (T, 2), NaN where not found
+    mean_colour: np.ndarray  # (T, 3), NaN where not found
+    touching: np.ndarray  # (T,) bool: the shape touches another shape's pixels (possibly occluded)
+
+    def clear_frames(self) -> np.ndarray:
+        """Indices of the frames where the shape is seen and touches no other shape."""
+        return np.flatnonzero((self.area > 0) & ~self.touching)
+
+    def fit(self):
+        """(velocity (2,) px/frame, median centroid error px) of the least-squares constant-velocity line."""
+        t = self.clear_frames()
+        if len(t) < 2:
+            return np.full(2, np.nan), np.inf
+        design = np.stack([np.ones(len(t)), t], axis=1).astype(np.float64)
+        coef, *_ = np.linalg.lstsq(design, self.centroid[t], rcond=None)
+        errors = np.linalg.norm(design @ coef - self.centroid[t], axis=1)
+        return coef[1], float(np.median(errors))
+
+
+def shape_colours(frame: np.ndarray, tol: Tolerances) -> list[np.ndarray]:
+    """Colours (3,) float of the shapes in one uint8 frame (H, W, 3), most pixels first."""
+    pixels = frame[frame.max(axis=-1) >= tol.foreground].astype(np.float64)
+    colours = []
+    while len(pixels) >= tol.min_pixels and len(colours) < tol.max_shapes:
+        bins = (pixels // 32).astype(np.int64) @ np.array([64, 8, 1])
+        centre = np.median(pixels[bins == np.bincount(bins).argmax()], axis=0)
+        near = np.linalg.norm(pixels - centre, axis=1) <= tol.colour_radius
+        if near.sum() >= tol.min_pixels:
+            colours.append(np.median(pixels[near], axis=0))
+        pixels = pixels[~near]
+    return colours
+
+
+def track_shapes(clip: np.ndarray, tol: Tolerances = Tolerances()) -> list[ShapeTrack]:
+    """Tracks the shapes of the first frame through uint8 clip (T, H, W, 3) by colour."""
+    colours = shape_colours(clip[0], tol)
+    t_len = clip.shape[0]
+    tracks = [ShapeTrack(c, np.zeros(t_len), np.full((t_len, 2), np.nan), np.full((t_len, 3), np.nan),
+                         np.zeros(t_len, bool)) for c in colours]
+    if not tracks:
+        return tracks
+    palette = np.stack(colours)
+    for t, frame in enumerate(clip):
+        ys, xs = np.nonzero(frame.max(axis=-1) >= tol.foreground)
+        pixels = frame[ys, xs].astype(np.float64)
+        distance = np.linalg.norm(pixels[:, None, :] - palette[None], axis=-1)  # (n, K)
+        nearest = distance.argmin(axis=1)
+        close = distance[np.arange(len(pixels)), nearest] <= tol.colour_radius
+        labels = np.full(frame.shape[:2], -1)
+        labels[ys[close], xs[close]] = nearest[close]
+        for k, track in enumerate(tracks):
+            mine = close & (nearest == k)
+            if mine.any():
+                track.area[t] = mine.sum()
+                track.centroid[t] = xs[mine].mean(), ys[mine].mean()
+                track.mean_colour[t] = pixels[mine].mean(axis=0)
+                track.touching[t] = _touches_other(labels, k)
+    return tracks
+
+
+def _touches_other(labels: np.ndarray, k: int) -> bool:
+    """Whether a pixel labelled k has an 8-neighbour labelled with another shape (labels (H, W), -1 = none)."""
+    padded = np.pad(labels, 1, constant_values=-1)
+    h, w = labels.shape
+    mine = labels == k
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            around = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            if np.any(mine & (around >= 0) & (around != k)):
+                return True
+    return False
+
+
+def judge_shape(track: ShapeTrack, tol: Tolerances) -> dict | None:
+    """The three checks (colour, size, constant velocity) of one track, its speed and centroid error; None for
+    a shape too often in contact with others to be judged."""
+    present = track.area > 0
+    if len(track.clear_frames()) < max(3, np.ceil(tol.min_clear * len(track.area))):
+        return None
+    velocity, error = track.fit()
+    if present.mean() < tol.min_present:
+        return {"colour": False, "size": False, "velocity": False, "speed": float(np.linalg.norm(velocity)),
+                "centroid_error": error}
+    drift = np.linalg.norm(track.mean_colour[present] - track.colour, axis=1)
+    area = track.area[track.clear_frames()]
+    return {"colour": bool(np.median(drift) <= tol.colour_tol),
+            "size": bool(np.median(np.abs(area / np.median(area) - 1)) <= tol.size_tol),
+            "velocity": bool(error <= tol.centroid_tol),
+            "speed": float(np.linalg.norm(velocity)), "centroid_error": error}
+
+
+def _set_report(clips: Iterable[np.ndarray], tol: Tolerances) -> tuple[dict, np.ndarray]:
+    counts = dict(clips=0, coherent=0, colour=0, size=0, velocity=0, shapes=0, no_shape=0, not_judged=0)
+    speeds, errors = [], []
+    for clip in clips:
+        clip = np.asarray(clip)
+        if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3 or clip.shape[0] < 3:
+            raise SfvError(f"the motion report takes uint8 clips (T >= 3, H, W, 3), got {clip.dtype} {clip.shape}")
+        tracks = track_shapes(clip, tol)
+        verdicts = [v for v in (judge_shape(track, tol) for track in tracks) if v is not None]
+        counts["clips"] += 1
+        counts["shapes"] += len(tracks)
+        counts["no_shape"] += not tracks
+        counts["not_judged"] += bool(tracks) and not verdicts
+        for check in ("colour", "size", "velocity"):
+            counts[check] += bool(verdicts) and all(v[check] for v in verdicts)
+        counts["coherent"] += bool(verdicts) and all(v["colour"] and v["size"] and v["velocity"] for v in verdicts)
+        speeds += [v["speed"] for v in verdicts if np.isfinite(v["speed"])]
+        errors += [v["centroid_error"] for v in verdicts]
+    # Judged clips: a clip with no shape at all fails (the generator lost them); one whose shapes all overlap
+    # too much is left out.
+    n = max(counts["clips"] - counts["not_judged"], 1)
+    speeds = np.asarray(speeds)
+    report = {"num_clips": counts["clips"], "num_shapes": counts["shapes"], "clips_without_shapes": counts["no_shape"],
+              "clips_not_judged": counts["not_judged"],
+              "coherent_share": counts["coherent"] / n, "keeps_colour_share": counts["colour"] / n,
+              "keeps_size_share": counts["size"] / n, "constant_velocity_share": counts["velocity"] / n,
+              "median_centroid_error_px": float(np.median(errors)) if errors else None,
+              "speed_px_per_frame": _quantiles(speeds)}
+    return report, speeds
+
+
+def _quantiles(values: np.ndarray) -> dict | None:
+    if not len(values):
+        return None
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    return {"mean": float(values.mean()), "p10": float(p10), "median": float(p50), "p90": float(p90)}
+
+
+def motion_report(fake: Iterable[np.ndarray], real: Iterable[np.ndarray] | None = None,
+                  tolerances: Tolerances = Tolerances()) -> dict:
+    """The motion report of `fake` (an iterable of uint8 clips (T, H, W, 3), or an array (N, T, H, W, 3)),
+    and, with `real`, the real set's report and the Wasserstein distance between the two speed distributions.
+
+    Keys: num_clips, num_shapes, clips_without_shapes, clips_not_judged, coherent_share (judged clips whose
+    every judged shape keeps colour, size and constant velocity), keeps_colour_share, keeps_size_share,
+    constant_velocity_share, median_centroid_error_px, speed_px_per_frame {mean, p10, median, p90},
+    tolerances; with real: "real" (the same keys) and speed_wasserstein_px_per_frame.
+    """
+    report, fake_speeds = _set_report(fake, tolerances)
+    report["tolerances"] = dataclasses.asdict(tolerances)
+    if real is not None:
+        from scipy.stats import wasserstein_distance
+
+        report["real"], real_speeds = _set_report(real, tolerances)
+        both = len(fake_speeds) and len(real_speeds)
+        report["speed_wasserstein_px_per_frame"] = (float(wasserstein_distance(fake_speeds, real_speeds))
+                                                    if both else None)
+    return report

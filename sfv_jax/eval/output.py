@@ -1,0 +1,56 @@
+"""Evaluation output that is complete or absent: a file or a folder appears only once fully written.
+
+(The same idea as sfv_jax/fileio.py, which eval may not import: see docs/architecture.md.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from sfv_jax.errors import SfvError
+
+
+def write_file_atomically(path: str, write) -> None:
+    """Calls write(tmp_path) on a temporary sibling of `path` (same extension), then renames it to `path`."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=ext, dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    write_file_atomically(path, write)
+
+
+def refuse_existing(path: str) -> None:
+    """SfvError before any work when an output path exists (outputs are never overwritten)."""
+    if os.path.exists(path):
+        raise SfvError(f"{os.path.abspath(path)} already exists; choose another --out or delete it first")
+
+
+@contextlib.contextmanager
+def new_folder(path: str):
+    """Yields a temporary sibling folder to fill; renames it to `path` on success, removes it on any error."""
+    path = os.path.abspath(path)
+    refuse_existing(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
