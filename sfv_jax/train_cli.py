@@ -15,6 +15,11 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--config", required=True, metavar="FILE.py[:VARIANT]", help="e.g. configs/tiny_sfv.py")
     p.add_argument("--workdir", required=True, metavar="DIR", help="checkpoints, metrics.jsonl, tensorboard/, samples/")
     p.add_argument("--compilation-cache", metavar="DIR", default=None, help="persistent XLA compilation cache")
+    p.add_argument("--reconfigure", action="store_true",
+                   help="resume even though the objective, optimiser, discriminator, model, data, batch or seed "
+                        "changed (otherwise an error naming the changed keys); the weights, optimiser moments, "
+                        "rng and data position carry over, the learning rates take the new values, and the "
+                        "changes are appended to WORKDIR/reconfigure.log")
     multi = p.add_argument_group("multi-host (jax.distributed)")
     multi.add_argument("--multihost", action="store_true",
                        help="initialise jax.distributed first; without the flags below it reads the environment "
@@ -61,5 +66,5 @@ def run_train(args, extra: list[str]) -> None:
     from sfv_jax.train.loop import train
     config = load_config(args.config, overrides)
     enable_compilation_cache(args.compilation_cache)
-    step = train(config, args.workdir)
+    step = train(config, args.workdir, reconfigure=args.reconfigure)
     print(f"trained to step {step}; workdir {os.path.abspath(args.workdir)}")

@@ -86,34 +86,144 @@ def test_uninterrupted_run_logs_every_step(run_a):
     assert b"GIF89a" in event_bytes or b"GIF87a" in event_bytes
 
 
-def test_sigkill_after_a_checkpoint_resumes_bit_exactly(run_a, cache, tmp_path):
-    workdir = str(tmp_path / "wd")
-    cmd = train_cmd(workdir, cache)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "2")), proc, "checkpoint 2")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    restart = run(cmd)
-    assert "resumed from" in restart.stdout
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The complete checkpoints (Orbax writes into a temporary folder and renames it to <step> when done)."""
+    folder = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
+_ABSTRACT = {}
+
+
+def restore(workdir: str, step: int):
+    """(TrainState, data position) of `workdir`'s checkpoint `step`, read in this process by the loop's own
+    TrainCheckpoints, onto one device."""
+    import jax
+
+    from sfv_jax.train import workdir as wd
+    from sfv_jax.train.checkpoints import TrainCheckpoints
+    from sfv_jax.train.state import SFVModels, abstract_state
+    if "target" not in _ABSTRACT:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = abstract_state(SFVModels(wd.read_config(workdir)), with_encoders=True)
+        _ABSTRACT["target"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=None, async_save=False)
+    try:
+        state, position, _ = checkpoints.restore(_ABSTRACT["target"], step)
+    finally:
+        checkpoints.close()
+    return state, position
+
+
+def assert_same_state(workdir: str, reference: str, step: int) -> None:
+    """Checkpoint `step` of both workdirs: every leaf of the TrainState (g_params, g_ema, d_heads, backbone,
+    g_opt, d_opt, rng, step, encoders) bit for bit, and the data iterator's position."""
+    import jax
+    (got, got_position), (want, want_position) = restore(workdir, step), restore(reference, step)
+    got_leaves, got_tree = jax.tree.flatten_with_path(got)
+    want_leaves, want_tree = jax.tree.flatten_with_path(want)
+    assert got_tree == want_tree
+    assert int(got.step) == step and got.encoders is not None
+    differ = [jax.tree_util.keystr(path) for (path, a), (_, b) in zip(got_leaves, want_leaves)
+              if np.asarray(a).dtype != np.asarray(b).dtype or np.asarray(a).tobytes() != np.asarray(b).tobytes()]
+    assert not differ, f"step {step}: {len(differ)} of {len(got_leaves)} leaves differ, e.g. {differ[:5]}"
+    assert got_position == want_position
+
+
+@pytest.fixture(scope="module")
+def stopped_then_killed(cache, tmp_path_factory):
+    """One workdir through three processes: SIGTERM after the first step (a clean stop at step `stopped`),
+    a resume SIGKILLed as soon as it completes a later checkpoint (`killed_at`), a resume to TOTAL."""
+    workdir = str(tmp_path_factory.mktemp("stopped_then_killed") / "wd")
+    popen = lambda cmd: subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+    first = popen(train_cmd(workdir, cache, "total_steps=1000"))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    wait_for(lambda: os.path.isfile(metrics_path) and len(read_metrics(metrics_path)) >= 1, first, "the first step")
+    first.send_signal(signal.SIGTERM)
+    first_out, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err[-3000:]
+    stopped = max(checkpoint_steps(workdir))
+    stopped_losses = losses(workdir)
+
+    second = popen(train_cmd(workdir, cache, "total_steps=1000"))
+    wait_for(lambda: max(checkpoint_steps(workdir)) > stopped, second, f"a checkpoint after step {stopped}")
+    second.send_signal(signal.SIGKILL)
+    second_out, _ = second.communicate()
+    assert second.returncode == -signal.SIGKILL
+    killed_at = max(checkpoint_steps(workdir))
+    last = run(train_cmd(workdir, cache))
+    return dict(workdir=workdir, first_out=first_out, stopped=stopped, stopped_losses=stopped_losses,
+                second_out=second_out, killed_at=killed_at, last_out=last.stdout)
+
+
+def test_sigterm_saves_the_last_step_and_exits_cleanly(stopped_then_killed):
+    """Catches a SIGTERM that kills the run without a checkpoint, or saves a step other than the last one taken."""
+    run = stopped_then_killed
+    assert "stopped by SIGTERM" in run["first_out"]
+    assert run["stopped"] == max(run["stopped_losses"])  # the checkpoint is of the last step taken
+    assert 0 < run["stopped"] < TOTAL
+
+
+def test_resumes_restore_the_whole_state_bit_exactly(stopped_then_killed, run_a):
+    """A resume after SIGTERM, then one after SIGKILL, against run A (uninterrupted): the checkpoint the
+    SIGKILLed run resumed from and the final one hold the same TrainState, every leaf bit for bit, and the
+    same losses at every step. Catches a resume that restores the EMA from g_params (the logged losses do
+    not depend on the EMA), resets the optimiser moments, the rng or the data position, or resumes from a
+    step other than the latest complete checkpoint."""
+    run = stopped_then_killed
+    workdir, stopped, killed_at = run["workdir"], run["stopped"], run["killed_at"]
+    assert f"resumed from step {stopped} (" in run["second_out"]
+    assert 0 < stopped < killed_at < TOTAL
+    assert f"resumed from step {killed_at} (" in run["last_out"]
+    assert killed_at in checkpoint_steps(run_a) and TOTAL in checkpoint_steps(workdir)
+    for step in (killed_at, TOTAL):
+        assert_same_state(workdir, run_a, step)
     assert losses(workdir) == losses(run_a)  # bit for bit, every step
 
 
-def test_sigterm_saves_exits_cleanly_and_resumes(run_a, cache, tmp_path):
+def snapshot(folder: str) -> dict:
+    return {os.path.relpath(os.path.join(d, f), folder): (os.stat(os.path.join(d, f)).st_size,
+                                                           os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_resume_with_a_changed_config_stops_unless_reconfigured(run_a, cache, tmp_path, capsys):
+    """A copy of run A resumed with another optim.g_lr and seed. Catches a silently accepted change of
+    optim.g_lr or seed, a refusal that is not one line with exit code 2 or that writes to the workdir, a
+    --reconfigure that is not logged, and one whose new learning rate the restored optimiser state overrides."""
+    import shutil
+
+    import jax
+
+    from sfv_jax.cli import main
+    from sfv_jax.train import config_diff
+    from sfv_jax.train import workdir as wd
     workdir = str(tmp_path / "wd")
-    proc = subprocess.Popen(train_cmd(workdir, cache, "total_steps=1000"), cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    wait_for(lambda: os.path.isfile(metrics_path) and len(read_metrics(metrics_path)) >= 1, proc, "the first step")
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    assert "stopped by SIGTERM" in out
-    stopped = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
-    assert stopped == max(losses(workdir))  # the checkpoint is of the last step taken
-    assert stopped < TOTAL
-    run(train_cmd(workdir, cache))
-    assert losses(workdir) == losses(run_a)
+    shutil.copytree(run_a, workdir)
+    changed = ["optim.g_lr=2e-5", "seed=1", f"total_steps={TOTAL + 1}"]
+    before = snapshot(workdir)
+    code = main(["train", "--config", "configs/tiny_sfv.py:micro", "--workdir", workdir,
+                 *[f"--config.{c}" for c in changed]])  # in this process: it stops before any compile
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"sfv-jax train: error: {workdir} was trained with a different config: "
+                             f"optim.g_lr 1e-05 -> 2e-05, seed 0 -> 1; "), err[0]
+    assert snapshot(workdir) == before
+
+    result = run(train_cmd(workdir, cache, *changed) + ["--reconfigure"])
+    assert "--reconfigure: optim.g_lr 1e-05 -> 2e-05, seed 0 -> 1" in result.stdout
+    assert f"resumed from step {TOTAL} (" in result.stdout
+    log = open(os.path.join(workdir, config_diff.RECONFIGURE_LOG)).read().splitlines()
+    assert len(log) == 1 and log[0].endswith(f"resumed at step {TOTAL} with --reconfigure: "
+                                             f"optim.g_lr 1e-05 -> 2e-05, seed 0 -> 1"), log
+    assert [m["step"] for m in read_metrics(os.path.join(workdir, "metrics.jsonl"))] == list(range(1, TOTAL + 2))
+    state, _ = restore(workdir, TOTAL + 1)
+    assert jax.device_get(state.g_opt.hyperparams["learning_rate"]) == np.float32(2e-5)
+    assert jax.device_get(state.d_opt.hyperparams["learning_rate"]) == np.float32(1e-4)
+    # config.json is the new config: the next plain resume with the same flags is accepted.
+    saved = wd.read_config(workdir)
+    assert saved.optim.g_lr == 2e-5 and saved.seed == 1
 
 
 @pytest.mark.slow  # two processes compile the step side by side: ~7 min on 2 cores

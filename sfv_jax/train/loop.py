@@ -25,6 +25,7 @@ from sfv_jax.errors import SfvError
 from sfv_jax.parallel.mesh import make_mesh
 from sfv_jax.parallel.rules import batch_spec
 from sfv_jax.parallel.sharding import jit_train_step, state_shardings
+from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
 from sfv_jax.train.checkpoints import TrainCheckpoints
 from sfv_jax.train.encode import make_encode_fn
@@ -105,15 +106,24 @@ def _check_config(config) -> None:
                        f"(data.latent_cache written by tools/encode_latents.py)")
 
 
-def train(config, workdir: str) -> int:
+def train(config, workdir: str, reconfigure: bool = False) -> int:
     """Trains until config.total_steps (or a stop signal); returns the last step reached.
 
-    Bad input (data source, config) fails before `workdir` is created or touched.
+    Bad input (data source, config) fails before `workdir` is created or touched; so does resuming a
+    workdir with a changed objective, optimiser, model, data or seed, unless `reconfigure`
+    (sfv_jax.train.config_diff).
     """
     from sfv_jax.data import make_clip_iterator, make_latent_cache_iterator
 
     _check_config(config)
     process, num_processes = jax.process_index(), jax.process_count()
+    changes = []
+    if wd.is_workdir(workdir):
+        changes = config_diff.resume_changes(workdir, wd.config_to_dict(config), reconfigure)
+        if changes and process == 0:
+            print(f"--reconfigure: {config_diff.format_changes(changes)}")
+    elif os.path.exists(workdir) and os.listdir(workdir):
+        raise SfvError(f"{workdir} exists and is not a training workdir; choose an empty or new --workdir")
     # Either raises DataError on a bad source, before anything is written.
     from_cache = config.data.latents == "cache"
     if from_cache:
@@ -127,11 +137,6 @@ def train(config, workdir: str) -> int:
     warning = micro_batch_warning(config.global_batch_size, config.grad_accum_steps, batch_devices)
     if warning and process == 0:
         log.warning(warning)
-    resuming = wd.is_workdir(workdir)
-    if resuming:
-        wd.check_same_config(workdir, config)
-    elif os.path.exists(workdir) and os.listdir(workdir):
-        raise SfvError(f"{workdir} exists and is not a training workdir; choose an empty or new --workdir")
 
     with jax.set_mesh(mesh):
         models = SFVModels(config, activation_batch_axes=batch_axes)
@@ -162,9 +167,13 @@ def train(config, workdir: str) -> int:
             state, position, start = checkpoints.restore(target)
             data.set_state(position["iterator"])
             nonfinite_total = position.get("nonfinite_skipped", 0)
+            if changes:
+                state = config_diff.with_config_learning_rates(state, config.optim)
             if process == 0:
                 wd.truncate_metrics(os.path.join(workdir, wd.METRICS), start)
-            print(f"resumed from {checkpoints.directory}/{start}")
+                if changes:
+                    config_diff.record_reconfigure(workdir, wd.config_to_dict(config), changes, start)
+            print(f"resumed from step {start} ({checkpoints.directory}/{start})", flush=True)
         else:
             g_params, encoders, pipeline = initial_weights(config, models, shardings)
             init = jax.jit(lambda g, h, e: init_state(models, g, h, config.seed, e), out_shardings=shardings)

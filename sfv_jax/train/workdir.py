@@ -1,7 +1,8 @@
 """The layout of a training workdir, and reading a finished (or running) one back.
 
 WORKDIR/
-  config.json        the run's full config (written once, at the first start)
+  config.json        the run's full config (written at the first start; replaced by a --reconfigure resume)
+  reconfigure.log    one line per --reconfigure resume: time, step, changed keys (sfv_jax.train.config_diff)
   pipeline.json      the weight-free pipeline files (scheduler, feature extractor, model index) to export with
   checkpoints/<step>/{state,data}   Orbax train-state checkpoints (sfv_jax.train.checkpoints)
   metrics.jsonl      one JSON object per logged step
@@ -17,7 +18,6 @@ import os
 import ml_collections
 
 from sfv_jax.convert.weight_files import read_json_object
-from sfv_jax.errors import CheckpointError
 
 CONFIG = "config.json"
 PIPELINE = "pipeline.json"
@@ -48,18 +48,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     """JSON-safe nested dict of a config (tuples become lists)."""
     return json.loads(config.to_json())
-
-
-def check_same_config(workdir: str, config: ml_collections.ConfigDict, keys=("unet", "vae", "image_encoder", "disc",
-                                                                              "model", "optim", "global_batch_size",
-                                                                              "grad_accum_steps")) -> None:
-    """A resumed run must train the same models the same way; refuse a changed architecture or batch."""
-    saved = json.loads(json.dumps(read_json_object(os.path.join(workdir, CONFIG))))
-    current = config_to_dict(config)
-    changed = [k for k in keys if saved.get(k) != current.get(k)]
-    if changed:
-        raise CheckpointError(f"{workdir} was trained with different {', '.join(changed)}; resume with the same "
-                              f"config or start a new --workdir")
 
 
 def truncate_metrics(path: str, last_step: int) -> None:
