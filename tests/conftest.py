@@ -30,6 +30,25 @@ def pytest_sessionfinish(session, exitstatus):
 
 import pytest  # noqa: E402
 
+_MEASURED: list[str] = []
+
+
+@pytest.fixture
+def measured(request):
+    """measured(line): a number a test checked against its bound, printed in the run's closing summary
+    ("measured numbers"), so `make test` shows e.g. the worst sharded-vs-single leaf without -s."""
+    def record(line: str) -> None:
+        print(line)
+        _MEASURED.append(f"{request.node.name}: {line}")
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASURED:
+        terminalreporter.section("measured numbers")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def micro_step():

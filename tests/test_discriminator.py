@@ -54,7 +54,7 @@ def test_discriminator_has_encoder_backbone_and_eight_heads():
         assert [o.shape for o in out[kind]] == [(2, config.data.num_frames, h, w) for h, w in sizes]
 
 
-def test_backbone_at_init_equals_diffusers_unet_encoder(tmp_path):
+def test_backbone_at_init_equals_diffusers_unet_encoder(tmp_path, measured):
     """The discriminator built by init_state from converted SVD weights: its 4 feature maps equal the outputs of
     diffusers' UNet down blocks (forward hooks) on the same inputs, rel L2 <= 1e-4 each (9x13 latent, 3 frames).
 
@@ -79,7 +79,7 @@ def test_backbone_at_init_equals_diffusers_unet_encoder(tmp_path):
     assert len(feats) == len(captured) == 4
     for i, (ours, ref) in enumerate(zip(feats, captured)):
         err = rel_err(ours, channels_last(ref))
-        print(f"down block {i} {tuple(ours.shape)}: rel L2 err {err:.2e} (bound {BACKBONE_BOUND:.0e})")
+        measured(f"down block {i} {tuple(ours.shape)}: rel L2 err {err:.2e} (bound {BACKBONE_BOUND:.0e})")
         assert ours.shape == channels_last(ref).shape and err <= BACKBONE_BOUND
 
 

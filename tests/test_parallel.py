@@ -151,7 +151,7 @@ SHARDED_VS_SINGLE = textwrap.dedent("""
 UPDATE_BOUND = 1e-4
 
 
-def test_sharded_step_equals_single_device_per_tensor_on_8_fake_devices():
+def test_sharded_step_equals_single_device_per_tensor_on_8_fake_devices(measured):
     """Two steps with data=2, fsdp=4 on 8 CPU devices vs the same two steps on one device: for EVERY leaf of
     g_params, g_ema, d_heads and both optimiser states, the difference of the two runs' updates (new - init)
     relative to the single-device update's norm is <= 1e-4; a leaf one run leaves unchanged must be unchanged
@@ -167,7 +167,8 @@ def test_sharded_step_equals_single_device_per_tensor_on_8_fake_devices():
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT"):])
     for tree, leaves in out["leaves"].items():
-        print(f"{tree}: {leaves['count']} leaves, worst update difference {leaves['worst'][0]} (bound {UPDATE_BOUND:.0e})")
+        measured(f"{tree}: {leaves['count']} leaves, worst update difference {leaves['worst'][0]} "
+                 f"(bound {UPDATE_BOUND:.0e})")
     assert out["step"] == [2, 2]
     assert out["state_shardings_ok"]
     assert out["conv_in_spec"] == str(P(None, None, None, "fsdp")) and out["conv_in_shard_shape"] == [3, 3, 8, 16]

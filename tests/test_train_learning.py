@@ -18,6 +18,7 @@ from sfv_jax.train.step import one_call_x0
 from tests.train_helpers import synthetic_batch
 
 STEPS = 30
+G_STEPS = 40
 EVAL_RNG = jax.random.PRNGKey(1234)
 
 
@@ -44,7 +45,7 @@ def _d_report(micro_step, state, held_out) -> dict:
     return dict(hinge=mean("hinge"), real=real, fake=fake)
 
 
-def test_discriminator_learns_to_tell_real_from_fake(micro_step, clips):
+def test_discriminator_learns_to_tell_real_from_fake(micro_step, clips, measured):
     """G frozen (lr 0), D's heads at SM3 lr 1e-3 for 30 steps: on held-out clips D's mean real logit ends above
     its mean fake logit by a margin, and its hinge loss falls by at least 10%.
 
@@ -57,14 +58,14 @@ def test_discriminator_learns_to_tell_real_from_fake(micro_step, clips):
     for i in range(STEPS):
         state, metrics = micro_step.step(state, train[i % len(train)])
     after = _d_report(micro_step, state, held_out)
-    print(f"D held-out, {STEPS} steps: hinge {before['hinge']:.3f} -> {after['hinge']:.3f}; "
+    measured(f"D held-out, {STEPS} steps: hinge {before['hinge']:.3f} -> {after['hinge']:.3f}; "
           f"real - fake logit {before['real'] - before['fake']:.3f} -> {after['real'] - after['fake']:.3f}")
     assert after["real"] - after["fake"] > 0.2, after
     assert after["hinge"] < 0.9 * before["hinge"], (before, after)
 
 
-def test_generator_reconstruction_at_sigma_max_falls_against_a_frozen_discriminator(micro_step, clips):
-    """D frozen (lr 0), G at SM3 lr 4e-3 for 30 steps: G's one-call pseudo-Huber reconstruction of held-out clips
+def test_generator_reconstruction_at_sigma_max_falls_against_a_frozen_discriminator(micro_step, clips, measured):
+    """D frozen (lr 0), G at SM3 lr 2e-3 for 40 steps: G's one-call pseudo-Huber reconstruction of held-out clips
     from pure noise at sigma_max (the one-step sampling start) falls by at least 20%.
 
     Catches: G's update with the wrong sign, the reconstruction weight or the EDM preconditioning lost (G then
@@ -83,12 +84,14 @@ def test_generator_reconstruction_at_sigma_max_falls_against_a_frozen_discrimina
 
     held = lambda params: float(np.mean([recon_at_sigma_max(params, b) for b in held_out]))
     state = micro_step.fresh()
-    state = state.replace(g_opt=_with_lr(state.g_opt, 4e-3), d_opt=_with_lr(state.d_opt, 0.0))
+    state = state.replace(g_opt=_with_lr(state.g_opt, 2e-3), d_opt=_with_lr(state.d_opt, 0.0))
     heads0 = state.d_heads
     before = held(state.g_params)
-    for i in range(STEPS):
+    # The reconstruction is noisy step to step (it can rise over the first 10 steps while the adversarial term
+    # pulls; measured at lr 1e-3 / 2e-3 over 60 steps: 11.4 -> ~6.0), so it is read after 40 steps.
+    for i in range(G_STEPS):
         state, metrics = micro_step.step(state, train[i % len(train)])
     after = held(state.g_params)
-    print(f"G held-out reconstruction at sigma_max, {STEPS} steps: {before:.4f} -> {after:.4f}")
+    measured(f"G held-out reconstruction at sigma_max, {G_STEPS} steps: {before:.4f} -> {after:.4f}")
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(heads0), jax.tree.leaves(state.d_heads)))
     assert after < 0.8 * before, (before, after)

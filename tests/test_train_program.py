@@ -228,7 +228,9 @@ def test_resume_with_a_changed_config_stops_unless_reconfigured(run_a, cache, tm
 
 @pytest.mark.slow  # two processes compile the step side by side: ~7 min on 2 cores
 def test_two_processes_match_one(run_a, cache, tmp_path):
-    """2 processes x 2 CPU devices (gloo) against run A's 1 process x 4 devices, same global batch."""
+    """2 processes x 2 CPU devices (gloo) against run A's 1 process x 4 devices, same global batch: the logged
+    losses, and every leaf of the state after step 2. Catches: a process that trains on its own half of the batch
+    only (gradients not all-reduced across hosts), a host whose parameter shards drift from the other's."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -243,6 +245,26 @@ def test_two_processes_match_one(run_a, cache, tmp_path):
     assert sorted(got) == [1, 2]
     for step in got:
         np.testing.assert_allclose(got[step], want[step], rtol=1e-5, atol=1e-7)
+    # Per tensor, as tests/test_parallel.py does on one host: each leaf's update (step-2 state minus the shared
+    # initial state) within 1e-4 of run A's, relative to run A's update of that leaf.
+    from sfv_jax.train import workdir as wd
+    from sfv_jax.train.state import SFVModels, init_state
+    from tests.train_helpers import update_errors
+    config = wd.read_config(run_a)
+    models = SFVModels(config)
+    init = init_state(models, models.random_generator_params(config.seed), models.random_head_params(config.seed + 1),
+                      config.seed)
+    (two, _), (one, _) = restore(workdir, 2), restore(run_a, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(jax_leaves(init.backbone), jax_leaves(one.backbone)))
+    for tree in ("g_params", "g_ema", "d_heads", "g_opt", "d_opt"):
+        errors = update_errors(getattr(init, tree), getattr(two, tree), getattr(one, tree))
+        print(f"2 processes x 2 devices vs 1 x 4, {tree}: {len(errors)} leaves, worst update difference {errors[0]}")
+        assert errors[0][0] <= 1e-4, (tree, errors[:3])
+
+
+def jax_leaves(tree) -> list:
+    import jax
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(cache, tmp_path):

@@ -44,7 +44,7 @@ def _r1(train_step, state, batch, sigma, eps, fake, heads=None):
     return train_step.d_loss(heads, state.backbone, batch, fake, sigma, eps, jax.random.PRNGKey(0))[1]["r1"]
 
 
-def test_exact_r1_equals_per_sample_input_gradient_norms(r1_setup):
+def test_exact_r1_equals_per_sample_input_gradient_norms(r1_setup, measured):
     """The step's R1 equals mean over samples of ||grad_x score(x_b)||^2, each sample's gradient taken through D
     on that sample alone, at x_b = x0_b + sigma'_b eps_b (the real clip).
 
@@ -63,12 +63,12 @@ def test_exact_r1_equals_per_sample_input_gradient_norms(r1_setup):
             g = jax.grad(score)(real_in[b:b + 1])
             assert g.dtype == jnp.float64
             norms.append(float(jnp.sum(g ** 2)))
-    print(f"R1 {got:.6e} vs per-sample {np.mean(norms):.6e}")
+    measured(f"R1 in the step {got:.10e} vs per-sample gradients {np.mean(norms):.10e} (rtol 1e-10)")
     np.testing.assert_allclose(got, np.mean(norms), rtol=1e-10)
     assert got > 0
 
 
-def test_r1_head_gradient_matches_central_finite_differences(r1_setup):
+def test_r1_head_gradient_matches_central_finite_differences(r1_setup, measured):
     """d(gamma * R1)/d(heads), as the step differentiates it, along random directions and along single
     coordinates of each head's layers, against central differences in float64; relative error <= 1e-4.
 
@@ -100,5 +100,5 @@ def test_r1_head_gradient_matches_central_finite_differences(r1_setup):
             err = abs(fd - analytic) / max(abs(fd), 1e-300)
             worst = max(worst, err)
             assert abs(analytic) > 0 and err <= FD_BOUND, (fd, analytic, err)
-    print(f"gamma * R1 head gradient vs central differences: worst relative error {worst:.2e} "
+    measured(f"gamma * R1 head gradient vs central differences: worst relative error {worst:.2e} "
           f"over {len(directions)} directions (bound {FD_BOUND:.0e})")

@@ -37,7 +37,7 @@ def _tree_rel(a, b) -> float:
 
 
 @pytest.mark.parametrize("policy", ["full", "dots_no_batch"])
-def test_remat_policy_changes_no_loss_and_no_gradient(micro_step, policy):
+def test_remat_policy_changes_no_loss_and_no_gradient(micro_step, policy, measured):
     """Each policy's losses and G / D gradients equal remat=none's (the shared step) within 1e-6 relative.
 
     Catches: a rematerialised block that drops an argument or recomputes with stale inputs, a policy that saves
@@ -51,17 +51,17 @@ def test_remat_policy_changes_no_loss_and_no_gradient(micro_step, policy):
     for part in ("g", "d"):
         rel = _tree_rel(grads[part], want_grads[part])
         worst = update_errors(jax.tree.map(np.zeros_like, want_grads[part]), grads[part], want_grads[part])[0]
-        print(f"remat={policy} {part} gradient: rel {rel:.1e} (bound {REMAT_BOUND:.0e}); worst leaf {worst}")
+        measured(f"remat={policy} {part} gradient: rel {rel:.1e} (bound {REMAT_BOUND:.0e}); worst leaf {worst}")
         assert rel <= REMAT_BOUND, (part, rel, worst)
 
 
 @pytest.mark.slow
-def test_remat_dots_changes_no_loss_and_no_gradient(micro_step):
+def test_remat_dots_changes_no_loss_and_no_gradient(micro_step, measured):
     """As above for remat=dots."""
-    test_remat_policy_changes_no_loss_and_no_gradient(micro_step, "dots")
+    test_remat_policy_changes_no_loss_and_no_gradient(micro_step, "dots", measured)
 
 
-def test_bf16_exact_r1_dots_no_batch_stays_near_float32(micro_step):
+def test_bf16_exact_r1_dots_no_batch_stays_near_float32(micro_step, measured):
     """The paper's numerics (bf16 compute, float32 master weights, exact R1, dots_no_batch) against the float32
     step: losses within 2e-2 and gradients within 1e-1 relative L2; the gradients also point the same way.
 
@@ -74,7 +74,7 @@ def test_bf16_exact_r1_dots_no_batch_stays_near_float32(micro_step):
         report[name] = _tree_rel(aux[name], want_aux[name])
     for part in ("g", "d"):
         report[f"grad_{part}"] = _tree_rel(grads[part], want_grads[part])
-    print("bf16 + exact R1 + dots_no_batch vs float32, relative L2:", {k: f"{v:.1e}" for k, v in report.items()})
+    measured(f"bf16 + exact R1 + dots_no_batch vs float32, relative L2: { {k: f'{v:.1e}' for k, v in report.items()} }")
     assert all(np.isfinite(v) for v in report.values()), report
     for name in ("g_loss", "d_loss", "recon", "hinge", "r1"):
         assert report[name] <= BF16_LOSS_BOUND, (name, report)

@@ -99,7 +99,7 @@ def reference(micro_step):
     return jax.jit(f)
 
 
-def test_gradients_come_from_their_own_losses(micro_step, reference):
+def test_gradients_come_from_their_own_losses(micro_step, reference, measured):
     """G's gradient is mean_m [grad g_adv + lambda * grad recon] with a non-zero adversarial part (it flows back
     through D's frozen backbone and heads); the heads' gradient is mean_m grad d_loss and nothing else.
 
@@ -114,7 +114,7 @@ def test_gradients_come_from_their_own_losses(micro_step, reference):
     zeros = lambda tree: jax.tree.map(np.zeros_like, tree)
     for name, got, want in (("G", grads["g"], want_g), ("D heads", grads["d"], want_d)):
         worst = update_errors(zeros(want), got, want)
-        print(f"{name} gradient vs its loss recomputed: worst leaf {worst[0]}")
+        measured(f"{name} gradient vs its loss recomputed: worst leaf {worst[0]}")
         assert worst[0][0] <= 1e-4, worst[:3]
     adv_norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(ref["g_adv"])))
     recon_norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(ref["recon"])))
