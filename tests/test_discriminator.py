@@ -139,8 +139,11 @@ def test_spatial_heads_look_per_frame_and_temporal_heads_along_time(heads):
     per-frame logits exactly and changes the temporal heads' logits beyond a permutation; with the frame index,
     the spatial logits no longer just permute.
 
-    Catches: temporal heads that act per frame (a kernel of 1 along time, or the time series reshaped from the
-    wrong axes), spatial heads that mix frames, the frame-index embedding attached to the wrong axis."""
+    Perturbing one pixel's features in every frame moves that pixel's temporal logits only; perturbing one frame
+    moves that frame's spatial logits only.
+
+    Catches: temporal heads that act per frame (a kernel of 1 along time) or on series reshaped from the wrong
+    axes, spatial heads that mix frames, the frame-index embedding attached to the wrong axis."""
     logits, feats, c_noise, clip, d_heads = heads
     perm = np.array([3, 0, 4, 1, 2])
     permute = lambda f: f.reshape(-1, NUM_FRAMES, *f.shape[1:])[:, perm].reshape(f.shape)
@@ -157,3 +160,18 @@ def test_spatial_heads_look_per_frame_and_temporal_heads_along_time(heads):
     spatial_change = [float(jnp.max(jnp.abs(b - a[:, perm])) / jnp.max(jnp.abs(a)))
                       for a, b in zip(with_index[0]["spatial"], with_index[1]["spatial"])]
     assert min(spatial_change) > 1e-3, spatial_change
+    # Locality: a temporal head's sample is one pixel's time series, a spatial head's one frame. Perturbing the
+    # first level's features at one pixel (every frame) moves that pixel's temporal logits only; perturbing one
+    # frame (every pixel) moves that frame's spatial logits only.
+    base = logits(d_heads, feats, c_noise, clip)
+    level = feats[0].reshape(-1, NUM_FRAMES, *feats[0].shape[1:])
+    pixel = logits(d_heads, [level.at[:, :, 1, 2].add(1.0).reshape(feats[0].shape)] + feats[1:], c_noise, clip)
+    moved = np.abs(np.asarray(pixel["temporal"][0] - base["temporal"][0])) > 1e-6 * float(jnp.max(jnp.abs(
+        base["temporal"][0])))
+    expected = np.zeros_like(moved)
+    expected[:, :, 1, 2] = True
+    np.testing.assert_array_equal(moved, expected)
+    frame = logits(d_heads, [level.at[:, 2].add(1.0).reshape(feats[0].shape)] + feats[1:], c_noise, clip)
+    moved = np.abs(np.asarray(frame["spatial"][0] - base["spatial"][0])) > 1e-6 * float(jnp.max(jnp.abs(
+        base["spatial"][0])))
+    assert moved[:, 2].all() and not np.delete(moved, 2, axis=1).any()
