@@ -145,16 +145,17 @@ SHARDED_VS_SINGLE = textwrap.dedent("""
 """)
 
 # Per leaf, relative to the leaf's own update: the two programs run the same float32 arithmetic in a different
-# reduction order (partial sums per device, then an all-reduce), which moves results by ~1e-7 relative per sum;
-# SM3 divides each gradient by the root of its accumulated square, which can amplify that for near-zero
-# gradient entries, but never beyond a few 1e-6 of the leaf's update norm (measured worst: printed).
-UPDATE_BOUND = 1e-4
+# reduction order (partial sums per device, then an all-reduce), ~1e-7 relative per sum. What makes it visible
+# is storage: a norm scale near 1 moved by an update of ~1e-3 (lr 1e-3, SM3's normalised step) is held to one
+# float32 ulp, 1.2e-7, i.e. ~1e-4 of its update, so one rounding flip per element reaches that (measured worst
+# 6.4e-5, norm scales; every other leaf < 1e-5). The bound is 10x that resolution.
+UPDATE_BOUND = 1e-3
 
 
 def test_sharded_step_equals_single_device_per_tensor_on_8_fake_devices(measured):
     """Two steps with data=2, fsdp=4 on 8 CPU devices vs the same two steps on one device: for EVERY leaf of
     g_params, g_ema, d_heads and both optimiser states, the difference of the two runs' updates (new - init)
-    relative to the single-device update's norm is <= 1e-4; a leaf one run leaves unchanged must be unchanged
+    relative to the single-device update's norm is <= 1e-3; a leaf one run leaves unchanged must be unchanged
     in the other. Also: output shardings as specified, a batch-sharded forward, an untouched backbone.
 
     Catches: a gradient not all-reduced over a batch axis (one device's micro-batch only), an FSDP-sharded leaf

@@ -16,9 +16,11 @@ from tests.train_helpers import micro_config, update_errors
 
 REMAT_BOUND = 1e-6  # float32, reduction order only: the same operations, recomputed
 # bf16 compute (float32 master weights, norms and softmax in float32) vs float32, relative L2 over each tree:
-# the losses to 2e-2 as the whole-UNet bf16 parity test; the gradients, which compound the rounding of a
-# forward, a backward and R1's second backward, to 1e-1.
-BF16_LOSS_BOUND, BF16_GRAD_BOUND = 2e-2, 1e-1
+# the losses to 2e-2 as the whole-UNet bf16 parity test (measured: <= 7.6e-3, R1 the largest); G's gradient to
+# 5e-2 (measured 1.2e-2); the heads' gradient to 2e-1 (measured 9.0e-2): at r1_gamma 0.5 it is dominated by R1's
+# second backward pass through the bf16 backbone, which compounds the rounding of three passes.
+BF16_LOSS_BOUND, BF16_GRAD_BOUND = 2e-2, {"g": 5e-2, "d": 2e-1}
+BF16_MIN_COSINE = 0.98
 
 
 def _gradients_for(micro_step, *overrides):
@@ -63,7 +65,8 @@ def test_remat_dots_changes_no_loss_and_no_gradient(micro_step, measured):
 
 def test_bf16_exact_r1_dots_no_batch_stays_near_float32(micro_step, measured):
     """The paper's numerics (bf16 compute, float32 master weights, exact R1, dots_no_batch) against the float32
-    step: losses within 2e-2 and gradients within 1e-1 relative L2; the gradients also point the same way.
+    step: losses within 2e-2, G's gradient within 5e-2 and the heads' within 2e-1 relative L2 (see the bounds'
+    comment); both gradients have cosine similarity >= 0.98 with float32's.
 
     Catches: a bf16 path that breaks R1's double backward (NaN, or gradients of the wrong scale or sign), norms
     or softmax left in bf16."""
@@ -79,4 +82,8 @@ def test_bf16_exact_r1_dots_no_batch_stays_near_float32(micro_step, measured):
     for name in ("g_loss", "d_loss", "recon", "hinge", "r1"):
         assert report[name] <= BF16_LOSS_BOUND, (name, report)
     for part in ("g", "d"):
-        assert report[f"grad_{part}"] <= BF16_GRAD_BOUND, (part, report)
+        assert report[f"grad_{part}"] <= BF16_GRAD_BOUND[part], (part, report)
+        flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
+        a, b = flat(grads[part]), flat(want_grads[part])
+        cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+        assert cosine >= BF16_MIN_COSINE, (part, cosine)
