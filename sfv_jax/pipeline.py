@@ -111,7 +111,7 @@ def _resize(images, height: int, width: int) -> list:
     return [i.convert("RGB").resize((width, height), resample=PIL.Image.LANCZOS) for i in images]
 
 
-def _signature(*arrays) -> tuple:
+def input_signature(*arrays) -> tuple:
     """Shapes, dtypes and placements: a program compiled for one placement refuses inputs of another."""
     return tuple((tuple(a.shape), str(a.dtype), getattr(a, "sharding", None)) for a in jax.tree.leaves(arrays))
 
@@ -135,24 +135,17 @@ class SFVPipeline:
     @classmethod
     def from_pretrained(cls, path: str, options=None, ema: bool = True) -> "SFVPipeline":
         """From an sfv-jax checkpoint folder holding unet, vae and image_encoder (sfv-jax convert of a pipeline),
-        or from a training workdir (`sfv-jax train`): its latest checkpoint's generator, EMA weights unless
-        ema=False, with the run's frozen VAE and CLIP."""
+        or from a training workdir (`sfv-jax train` makes it an sfv-jax checkpoint too): its latest checkpoint's
+        generator, EMA weights unless ema=False, with the run's frozen VAE and CLIP, computing with the run's
+        ModelOptions unless `options` is given."""
         from sfv_jax.checkpoint import load_checkpoint, read_index
-        from sfv_jax.models import ModelOptions
-        from sfv_jax.train.workdir import is_workdir
-        if not os.path.isdir(path):
-            raise CheckpointError(f"{path}: checkpoint folder not found")
-        if is_workdir(path):
-            from sfv_jax.train.trained_model import load_trained_modules
-            modules, pipeline, _ = load_trained_modules(path, ema=ema, options=options)
-            return cls(**modules, scheduler_config=(pipeline or {}).get("files", {}).get(SCHEDULER_FILE))
         index = read_index(path)
         missing = [n for n in COMPONENTS if n not in index.get("components", {})]
         if missing:
             raise CheckpointError(f"{path}: holds {sorted(index.get('components', {}))} but a pipeline needs "
                                   f"{', '.join(COMPONENTS)}; convert a whole pipeline folder with "
                                   f"sfv-jax convert --diffusers PIPELINE_DIR")
-        modules = load_checkpoint(path, options or ModelOptions(), names=list(COMPONENTS))
+        modules = load_checkpoint(path, options, names=list(COMPONENTS), raw=not ema)
         extra = index.get("extra", {})
         scheduler = (extra.get("pipeline") or {}).get("files", {}).get(SCHEDULER_FILE) or extra.get("scheduler")
         return cls(**modules, scheduler_config=scheduler)
@@ -185,7 +178,7 @@ class SFVPipeline:
                                        "vae_decode": "vae"}[stage]]
         # Keyed by the module's graphdef (hashable, equal for equal architectures), so a second
         # pipeline with the same configs and shapes reuses the compiled programs.
-        key = (stage, fn.__name__, graphdef, statics, _signature(state, args))
+        key = (stage, fn.__name__, graphdef, statics, input_signature(state, args))
         timing = self.last_timings.setdefault(stage, {"compile_s": 0.0, "run_s": 0.0})
         compiled = _COMPILED.get(key)
         if compiled is None:

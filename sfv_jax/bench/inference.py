@@ -86,7 +86,7 @@ def flops_of(compiled) -> float | None:
 
 
 def _probed_pipeline_class():
-    from sfv_jax.pipeline import SFVPipeline, _signature
+    from sfv_jax.pipeline import SFVPipeline, input_signature
 
     class ProbedPipeline(SFVPipeline):
         """SFVPipeline that also keeps the compiled program of each stage of the last call.
@@ -102,7 +102,7 @@ def _probed_pipeline_class():
 
         def _run(self, stage, fn, statics, *args):
             out = super()._run(stage, fn, statics, *args)
-            key = (stage, fn.__name__, statics, _signature(args))
+            key = (stage, fn.__name__, statics, input_signature(args))
             if key not in self.programs:
                 graphdef, state = self._split[STAGE_MODULE[stage]]
                 self.programs[key] = fn.lower(graphdef, state, *args, *statics).compile()

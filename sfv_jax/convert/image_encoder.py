@@ -8,7 +8,7 @@ import numpy as np
 
 from sfv_jax.convert.clip_rules import CLIP_RULES
 from sfv_jax.convert.component_io import config_from_folder, module_from_folder
-from sfv_jax.convert.module_state import AbstractModel
+from sfv_jax.models.nnx_state import AbstractModel
 from sfv_jax.convert.writer import write_diffusers_component
 from sfv_jax.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sfv_jax.models.options import ModelOptions

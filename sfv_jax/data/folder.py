@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from sfv_jax.data.sources import DataError, frame_indices, frame_step, resize_center_crop
+from sfv_jax.data.clips import DataError, frame_indices, frame_step, resize_center_crop
 
 log = logging.getLogger(__name__)
 

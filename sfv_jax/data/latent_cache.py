@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from sfv_jax.data.iterator import RowOrder
-from sfv_jax.data.sources import DataError
+from sfv_jax.data.clips import DataError
 
 log = logging.getLogger(__name__)
 
