@@ -26,10 +26,9 @@ from sfv_jax.checkpoint import load_checkpoint, read_index, save_checkpoint
 from sfv_jax.config import load_config
 from sfv_jax.convert.pipeline import load_diffusers_folder, read_pipeline_configs, write_diffusers_folder
 from sfv_jax.convert.svd_pipeline_files import svd_pipeline_files
+from sfv_jax.diffusion.image_to_video import STAGES
 from sfv_jax.models.factory import random_components
 from sfv_jax.video_io import contact_sheet_path, write_contact_sheet, write_video
-
-STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
 
 
 def synthetic_image(height: int, width: int, seed: int) -> PIL.Image.Image:

@@ -158,6 +158,30 @@ def test_same_seed_same_video(pipelines):
     assert batch.shape == (2, FRAMES, HEIGHT // 8, WIDTH // 8, 4)
 
 
+def test_pipelines_own_their_progress_hooks_and_a_bounded_program_cache(pipelines, monkeypatch):
+    """Catches: a module-level progress hook list (a second pipeline's sampler steps ticking the first one's
+    progress bar) and a module-level or unbounded compiled-program cache."""
+    import sfv_jax.pipeline as pipeline_module
+    _, pipe_a, _ = pipelines
+    pipe_b = SFVPipeline(pipe_a.unet, pipe_a.vae, pipe_a.image_encoder, pipe_a.scheduler_config)
+    image = random_image(64, 48, seed=4)
+    kwargs = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=2, output_type="latent")
+    ticks_a, ticks_b = [], []
+    pipe_a._progress.hooks.append(ticks_a.append)
+    try:
+        pipe_b(image, progress=ticks_b.append, **kwargs)
+        assert ticks_a == [] and sorted(ticks_b) == [0, 1]
+        pipe_a(image, **kwargs)
+        assert sorted(ticks_a) == [0, 1] and sorted(ticks_b) == [0, 1]
+    finally:
+        pipe_a._progress.hooks.remove(ticks_a.append)
+    monkeypatch.setattr(pipeline_module, "MAX_COMPILED", 2)
+    pipe_b(image, **{**kwargs, "output_type": "np"})  # 4 stages, capped at the 2 most recent
+    assert len(pipe_b._compiled) == 2 and set(pipe_b.last_compiled) == set(pipeline_module.STAGES)
+    pipe_b(image, **{**kwargs, "output_type": "np"})
+    assert pipe_b.last_timings["image_encoder"]["compile_s"] > 0  # evicted, so compiled again
+
+
 @pytest.mark.slow  # one more UNet compile per step count
 @pytest.mark.parametrize("steps", [1, 3])
 def test_sfv_sampler(pipelines, steps):
