@@ -1,4 +1,4 @@
-"""The `sfv-jax` command line: convert, export, demo."""
+"""The `sfv-jax` command line. `sfv-jax --help` lists every command; `sfv-jax COMMAND --help` its options."""
 
 from __future__ import annotations
 
@@ -98,9 +98,15 @@ def _run_demo(args):
     run(args.config, args.workdir, args.train_steps)
 
 
+DESCRIPTION = ("Stable Video Diffusion and SF-V (one-step image-to-video) in JAX. Commands: {commands}. "
+               "Run sfv-jax COMMAND --help for a command's options.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sfv-jax", description=__doc__)
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    from sfv_jax import __version__
+    parser = argparse.ArgumentParser(prog="sfv-jax")
+    parser.add_argument("--version", action="version", version=f"sfv-jax {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_convert(subparsers)
     _add_export(subparsers)
     _add_demo(subparsers)
@@ -110,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_parser(subparsers)
     add_train_parser(subparsers)
     add_bench_parser(subparsers)
+    # Named from the parsers themselves, so a new command is never missing from the description.
+    parser.description = DESCRIPTION.format(commands=", ".join(subparsers.choices))
     return parser
 
 

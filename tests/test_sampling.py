@@ -229,6 +229,23 @@ def test_cli_sample_writes_video(checkpoint, image_file, tmp_path, capsys, ext):
     assert sorted(os.listdir(tmp_path)) == sorted([f"clip.{ext}", "clip.contact.png", "in.png"])
 
 
+def test_cli_sample_runs_the_sfv_refinement(checkpoint, image_file, tmp_path, capsys):
+    """Catches: `--sampler sfv` not reaching SFVPipeline (the CLI silently running the Euler sampler), or its
+    refinement being the one-step clip."""
+    from sfv_jax.cli import main
+    outs = {}
+    for sampler, steps in (("sfv", "2"), ("euler", "1")):
+        out = str(tmp_path / f"{sampler}.gif")
+        assert main(["sample", "--checkpoint", checkpoint, "--image", image_file, "--out", out, "--num-frames",
+                     str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--sampler", sampler,
+                     "--steps", steps]) == 0
+        assert f"{sampler} sampler" in capsys.readouterr().out
+        with PIL.Image.open(out) as gif:
+            assert gif.n_frames == FRAMES and gif.size == (WIDTH, HEIGHT)
+            outs[sampler] = np.asarray(gif.convert("RGB"), np.float64)
+    assert np.abs(outs["sfv"] - outs["euler"]).mean() > 1.0  # a second SF-V step changes the clip
+
+
 BAD = {
     "missing image": (["--image", "{tmp}/nope.png"], "image file not found"),
     "not an image": (["--image", "{tmp}/text.png"], "not an image"),
@@ -239,6 +256,7 @@ BAD = {
     "extension": (["--out", "{tmp}/clip.avi"], "unknown output extension"),
     "checkpoint": (["--checkpoint", "{tmp}/no_ckpt"], "checkpoint folder not found"),
     "not a checkpoint": (["--checkpoint", "{tmp}"], "not an sfv-jax checkpoint"),
+    "sfv sampler steps": (["--sampler", "sfv", "--steps", "4"], "1 to 3 steps"),
 }
 
 
