@@ -26,11 +26,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from sfv_jax.convert.components import component_for_class, component_for_module
-from sfv_jax.models.nnx_state import AbstractModel, flat_params, flatten, unflatten_into
 from sfv_jax.convert.weight_files import read_json_object
 from sfv_jax.errors import CheckpointError
 from sfv_jax.fileio import atomic_directory
 from sfv_jax.models import ModelOptions
+from sfv_jax.models.nnx_state import AbstractModel, flat_params, flatten, unflatten_into
 
 FORMAT_VERSION = 1
 INDEX_NAME = "sfv_jax.json"

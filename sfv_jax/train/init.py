@@ -6,9 +6,9 @@ import dataclasses
 
 from flax import nnx
 
-from sfv_jax.models.nnx_state import flatten
 from sfv_jax.convert.svd_pipeline_files import svd_pipeline_files
 from sfv_jax.errors import CheckpointError
+from sfv_jax.models.nnx_state import flatten
 from sfv_jax.train.state import SFVModels, TrainState
 
 
