@@ -1,0 +1,134 @@
+"""How a convolution is computed, per backend: never what it computes (tests/test_conv_paths.py holds every path
+to XLA's plain convolution of the same layer).
+
+The rules below were measured on CPUs only (XLA:CPU, BENCHMARKS.md, `tools/bench_conv.py`), so they apply on
+CPUs only; GPUs and TPUs run XLA's own convolution until a measurement there says otherwise. The phase
+upsampling (conv3x3_of_doubled) is used on every backend: it computes the same result with 16 instead of 36
+multiply-adds per input pixel and channel pair, whatever the hardware.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Backends the CPU rules apply to (jax.default_backend() names).
+CPU_RULE_PLATFORMS = ("cpu",)
+
+# Output positions per image (product of the output's spatial sizes) up to which a convolution runs as one
+# matmul over its gathered windows [CPU]. XLA:CPU rewrites a 3x3 conv whose input is smaller than the kernel
+# into a kernel-as-input convolution: on SVD's 14x2x2x1280 bottleneck it ran at 1 GFLOP/s, 1.46 s per call,
+# against 0.015 s as one matmul; 14x4x4x1280: 0.126 s against 0.040 s; from 14x8x8x640 on XLA's conv is as
+# fast or faster (0.046 s vs 0.044 s) and needs no k-fold copy of its input (BENCHMARKS.md, "the convolution
+# paths per layer shape").
+MATMUL_CONV_MAX_POSITIONS = 32
+
+CHANNELS_LAST_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], padding: tuple[tuple[int, int], ...],
+                       precision=None, method: str | None = None, platform: str | None = None) -> jax.Array:
+    """Zero-padded, undilated convolution of x (*batch, *spatial, C_in) with kernel (*k, C_in, C_out).
+
+    method: "matmul" or "xla" forces that path after any folding (benchmarks and tests compare the paths this
+      way); None picks by conv_method for `platform` (default: jax.default_backend()).
+    """
+    if method not in (None, "matmul", "xla"):
+        raise ValueError(f"conv_channels_last: method {method!r} is not one of None, 'matmul', 'xla'")
+    spatial = kernel.ndim - 2
+    batch_shape = x.shape[:x.ndim - spatial - 1]
+    sizes = x.shape[x.ndim - spatial - 1:-1]
+    window = kernel.shape[:spatial]
+    choice = method or conv_method(sizes, window, strides, padding, platform)
+    kept = _kept_axes(window, strides, padding)
+    if choice != "direct" and kept < spatial - 1:
+        y = conv_channels_last(x.reshape(*batch_shape, *sizes[:kept], math.prod(sizes[kept:]), x.shape[-1]),
+                               kernel.reshape(*window[:kept], 1, *kernel.shape[-2:]), (*strides[:kept], 1),
+                               (*padding[:kept], (0, 0)), precision, method, platform)
+        return y.reshape(*y.shape[:-2], *sizes[kept:], y.shape[-1])
+    if choice == "matmul":
+        return _conv_as_matmul(x, kernel, strides, padding, _out_sizes(sizes, window, strides, padding), precision)
+    flat = x.reshape(-1, *sizes, x.shape[-1])
+    y = jax.lax.conv_general_dilated(flat, kernel, strides, padding, dimension_numbers=CHANNELS_LAST_DIMS[spatial],
+                                     precision=precision)
+    return y.reshape(*batch_shape, *y.shape[1:])
+
+
+def conv_method(sizes: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
+                padding: tuple[tuple[int, int], ...], platform: str | None = None) -> str:
+    """How conv_channels_last computes a convolution over spatial `sizes` on `platform` (default: JAX's default
+    backend): "direct" (XLA's convolution as written: GPU, TPU), or on CPUs "fold:K" (keep the first K axes,
+    merge the rest into one, then decide again), "matmul" or "xla"."""
+    if (platform or jax.default_backend()) not in CPU_RULE_PLATFORMS:
+        return "direct"
+    kept = _kept_axes(window, strides, padding)
+    if kept < len(window) - 1:
+        # [CPU] Trailing axes the kernel does not span are merged, so SVD's temporal (3, 1, 1) kernels over
+        # (T, H, W) become a (3, 1) 2D conv over (T, H*W), which XLA:CPU hands to its conv library where the 3D
+        # conv went to a slower Eigen kernel: 14x128x128x128 0.42 s -> 0.22 s, 14x64x64x256 0.24 s -> 0.20 s
+        # (BENCHMARKS.md, `tools/bench_conv.py --kernel 3x1x1`).
+        return f"fold:{kept}"
+    pointwise = all(k == 1 for k in window) and all(tuple(p) == (0, 0) for p in padding)
+    if pointwise or math.prod(_out_sizes(sizes, window, strides, padding)) <= MATMUL_CONV_MAX_POSITIONS:
+        return "matmul"  # [CPU] see MATMUL_CONV_MAX_POSITIONS
+    return "xla"
+
+
+def conv3x3_of_doubled(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
+    """conv3x3(nearest_2x(x)), zero padding 1, without building the 4x larger input, no bias [every backend].
+
+    x (N, H, W, C), kernel (3, 3, C, C') -> (N, 2H, 2W, C') in x's dtype. Output pixel (2i+a, 2j+b) sees input
+    rows (i-1, i) when a = 0 and (i, i+1) when a = 1 (and the same for columns), so each of the four output
+    phases is a 2x2 conv of x with a kernel whose taps are sums of the 3x3 kernel's: 16 multiply-adds per input
+    pixel and channel pair instead of 36. On CPU the VAE decoder's FLOPs fell 2.58 T -> 2.24 T and its largest
+    upsampling convs ran 1.53 s -> 0.84 s (14x32x32x512; BENCHMARKS.md).
+    """
+    dtype = x.dtype
+    kernel = kernel.astype(jnp.float32)  # tap sums in float32 even for bf16 params
+
+    def two_taps(k: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+        k0, k1, k2 = jnp.split(k, 3, axis=axis)
+        return jnp.concatenate([k0, k1 + k2], axis), jnp.concatenate([k0 + k1, k2], axis)
+
+    pads = ((1, 0), (0, 1))  # phase 0 reaches one pixel back, phase 1 one pixel forward
+    phases = []
+    for a, row_kernel in enumerate(two_taps(kernel, 0)):
+        phases.append([conv_channels_last(x, k.astype(dtype), (1, 1), (pads[a], pads[b]), precision)
+                       for b, k in enumerate(two_taps(row_kernel, 1))])
+    # (N, H, 2[a], W, 2[b], C') -> (N, 2H, 2W, C')
+    y = jnp.stack([jnp.stack(row, axis=-2) for row in phases], axis=-4)
+    return y.reshape(*x.shape[:-3], 2 * x.shape[-3], 2 * x.shape[-2], y.shape[-1])
+
+
+def _kept_axes(window, strides, padding) -> int:
+    """How many leading spatial axes remain once the trailing ones the kernel does not span
+    (size 1, stride 1, no padding) are merged into one (at least 1)."""
+    kept = len(window)
+    while kept > 1 and window[kept - 1] == 1 and strides[kept - 1] == 1 and tuple(padding[kept - 1]) == (0, 0):
+        kept -= 1
+    return kept
+
+
+def _out_sizes(sizes, window, strides, padding) -> tuple[int, ...]:
+    return tuple((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(sizes, padding, window, strides))
+
+
+def _conv_as_matmul(x, kernel, strides, padding, out_sizes, precision) -> jax.Array:
+    """im2col: the kernel's windows gathered along channels, then one matmul with the flat kernel."""
+    spatial = kernel.ndim - 2
+    lead = x.ndim - spatial - 1
+    x = jnp.pad(x, ((0, 0),) * lead + tuple(tuple(p) for p in padding) + ((0, 0),))
+    windows = []
+    for offset in np.ndindex(*kernel.shape[:spatial]):
+        start = (0,) * lead + offset + (0,)
+        limit = x.shape[:lead] + tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out_sizes)) + x.shape[-1:]
+        windows.append(jax.lax.slice(x, start, limit, (1,) * lead + tuple(strides) + (1,)))
+    # Window-major, then input channel: the row order of kernel.reshape(prod(k) * C_in, C_out).
+    patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+    # Accumulated in float32 whatever the compute dtype: a bf16 sum of 9 x C_in products is too coarse.
+    out = jnp.einsum("...c,co->...o", patches, kernel.reshape(-1, kernel.shape[-1]), precision=precision,
+                     preferred_element_type=jnp.float32)
+    return out.astype(x.dtype)
