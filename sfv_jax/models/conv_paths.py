@@ -124,7 +124,8 @@ def _conv_as_matmul(x, kernel, strides, padding, out_sizes, precision) -> jax.Ar
     windows = []
     for offset in np.ndindex(*kernel.shape[:spatial]):
         start = (0,) * lead + offset + (0,)
-        limit = x.shape[:lead] + tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out_sizes)) + x.shape[-1:]
+        ends = tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out_sizes))
+        limit = x.shape[:lead] + ends + x.shape[-1:]
         windows.append(jax.lax.slice(x, start, limit, (1,) * lead + tuple(strides) + (1,)))
     # Window-major, then input channel: the row order of kernel.reshape(prod(k) * C_in, C_out).
     patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)

@@ -14,7 +14,8 @@ import numpy as np
 from flax import nnx
 
 # conv_method is re-exported: tests and tools ask layers which path a Conv takes.
-from sfv_jax.models.conv_paths import CHANNELS_LAST_DIMS, conv3x3_of_doubled, conv_channels_last, conv_method  # noqa: F401
+from sfv_jax.models.conv_paths import (CHANNELS_LAST_DIMS, conv3x3_of_doubled, conv_channels_last,  # noqa: F401
+                                       conv_method)
 from sfv_jax.models.options import ModelOptions
 
 
