@@ -1,30 +1,58 @@
 """How a convolution is computed, per backend: never what it computes (tests/test_conv_paths.py holds every path
 to XLA's plain convolution of the same layer).
 
-The rules below were measured on CPUs only (XLA:CPU, BENCHMARKS.md, `tools/bench_conv.py`), so they apply on
-CPUs only; GPUs and TPUs run XLA's own convolution until a measurement there says otherwise. The phase
-upsampling (conv3x3_of_doubled) is used on every backend: it computes the same result with 16 instead of 36
-multiply-adds per input pixel and channel pair, whatever the hardware.
+Each backend gets only the rules measured on it (`tools/bench_conv.py`, numbers in BENCHMARKS.md): CPUs
+(XLA:CPU) and NVIDIA GPUs (one H200) have their own table in CONV_RULES; any other backend (TPU) runs XLA's
+convolution as written until a measurement there says otherwise. The phase upsampling (conv3x3_of_doubled) is
+used on every backend: it computes the same result with 16 instead of 36 multiply-adds per input pixel and
+channel pair, whatever the hardware.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Backends the CPU rules apply to (jax.default_backend() names).
-CPU_RULE_PLATFORMS = ("cpu",)
+@dataclasses.dataclass(frozen=True)
+class ConvRules:
+    """How one backend computes convolutions.
 
-# Output positions per image (product of the output's spatial sizes) up to which a convolution runs as one
-# matmul over its gathered windows [CPU]. XLA:CPU rewrites a 3x3 conv whose input is smaller than the kernel
-# into a kernel-as-input convolution: on SVD's 14x2x2x1280 bottleneck it ran at 1 GFLOP/s, 1.46 s per call,
-# against 0.015 s as one matmul; 14x4x4x1280: 0.126 s against 0.040 s; from 14x8x8x640 on XLA's conv is as
-# fast or faster (0.046 s vs 0.044 s) and needs no k-fold copy of its input (BENCHMARKS.md, "the convolution
-# paths per layer shape").
-MATMUL_CONV_MAX_POSITIONS = 32
+    Attributes:
+      fold: merge trailing spatial axes the kernel does not span (size 1, stride 1, no padding) into one, so
+        SVD's temporal (3, 1, 1) kernels over (T, H, W) run as a (3, 1) 2D conv over (T, H*W).
+      matmul_max_positions: output positions per image (product of the output's spatial sizes) up to which a
+        convolution runs as one matmul over its gathered windows (im2col).
+      pointwise_matmul: 1x1 kernels run as a matmul too.
+    """
+
+    fold: bool
+    matmul_max_positions: int
+    pointwise_matmul: bool
+
+
+# By jax.default_backend() name. Measurements: 14 frames, float32, one C -> C layer (BENCHMARKS.md, "the
+# convolution paths per layer shape").
+CONV_RULES = {
+    # XLA:CPU rewrites a 3x3 conv whose input is smaller than the kernel into a kernel-as-input convolution: on
+    # SVD's 14x2x2x1280 bottleneck 1 GFLOP/s, 1.46 s per call, against 0.015 s as one matmul; 14x4x4x1280:
+    # 0.126 s against 0.040 s; from 14x8x8x640 on XLA's conv is as fast or faster (0.046 s vs 0.044 s) and
+    # needs no k-fold copy of its input. Folding hands the temporal convs to XLA:CPU's 2D conv library instead
+    # of a slower 3D kernel: 14x128x128x128 0.42 s -> 0.22 s, 14x64x64x256 0.24 s -> 0.20 s.
+    "cpu": ConvRules(fold=True, matmul_max_positions=32, pointwise_matmul=True),
+    # H200 (jax 0.11.2): at 14x2x2x1280 the 3x3 conv ran at 2.7 TFLOP/s, as one matmul at 13.3; from 4x4 on
+    # XLA's conv is as fast or faster (4x4: 29.2 against 24.8 TFLOP/s; 64x64x256: 179 against 106). Folded
+    # temporal (3, 1, 1) convs beat the 3D conv at every size measured (2x2x1280 4.4 against 2.7 TFLOP/s,
+    # 16x16x320 16.5 against 13.2, 64x64x256 73 against 53, 128x128x128 72 against 38). 1x1 kernels were
+    # not measured there, so they stay XLA's.
+    "gpu": ConvRules(fold=True, matmul_max_positions=4, pointwise_matmul=False),
+}
+
+# The CPU table's threshold, by its historical name (tools/bench_conv.py measures it).
+MATMUL_CONV_MAX_POSITIONS = CONV_RULES["cpu"].matmul_max_positions
 
 CHANNELS_LAST_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
@@ -44,7 +72,8 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
     window = kernel.shape[:spatial]
     choice = method or conv_method(sizes, window, strides, padding, platform)
     kept = _kept_axes(window, strides, padding)
-    if choice != "direct" and kept < spatial - 1:
+    # A forced method applies after the folding, as the benchmarks compare the paths.
+    if choice.startswith("fold:") or (method is not None and kept < spatial - 1):
         y = conv_channels_last(x.reshape(*batch_shape, *sizes[:kept], math.prod(sizes[kept:]), x.shape[-1]),
                                kernel.reshape(*window[:kept], 1, *kernel.shape[-2:]), (*strides[:kept], 1),
                                (*padding[:kept], (0, 0)), precision, method, platform)
@@ -60,20 +89,18 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
 def conv_method(sizes: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
                 padding: tuple[tuple[int, int], ...], platform: str | None = None) -> str:
     """How conv_channels_last computes a convolution over spatial `sizes` on `platform` (default: JAX's default
-    backend): "direct" (XLA's convolution as written: GPU, TPU), or on CPUs "fold:K" (keep the first K axes,
-    merge the rest into one, then decide again), "matmul" or "xla"."""
-    if (platform or jax.default_backend()) not in CPU_RULE_PLATFORMS:
+    backend), by CONV_RULES: "fold:K" (keep the first K axes, merge the rest into one, then decide again),
+    "matmul", "xla", or "direct" (XLA's convolution as written, on a backend without rules)."""
+    rules = CONV_RULES.get(platform or jax.default_backend())
+    if rules is None:
         return "direct"
     kept = _kept_axes(window, strides, padding)
-    if kept < len(window) - 1:
-        # [CPU] Trailing axes the kernel does not span are merged, so SVD's temporal (3, 1, 1) kernels over
-        # (T, H, W) become a (3, 1) 2D conv over (T, H*W), which XLA:CPU hands to its conv library where the 3D
-        # conv went to a slower Eigen kernel: 14x128x128x128 0.42 s -> 0.22 s, 14x64x64x256 0.24 s -> 0.20 s
-        # (BENCHMARKS.md, `tools/bench_conv.py --kernel 3x1x1`).
+    if rules.fold and kept < len(window) - 1:
         return f"fold:{kept}"
     pointwise = all(k == 1 for k in window) and all(tuple(p) == (0, 0) for p in padding)
-    if pointwise or math.prod(_out_sizes(sizes, window, strides, padding)) <= MATMUL_CONV_MAX_POSITIONS:
-        return "matmul"  # [CPU] see MATMUL_CONV_MAX_POSITIONS
+    positions = math.prod(_out_sizes(sizes, window, strides, padding))
+    if (pointwise and rules.pointwise_matmul) or positions <= rules.matmul_max_positions:
+        return "matmul"
     return "xla"
 
 
