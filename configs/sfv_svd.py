@@ -1,6 +1,6 @@
 """SF-V's paper run: adversarial fine-tuning of SVD (14-frame UNet) at 448x768, global batch 32 as 4 micro-steps.
 
-Values marked [ours] in docs/sfv_method.md are fields here, not constants in code.
+Values marked [ours] in docs/method.md are fields here, not constants in code.
 """
 
 import ml_collections
@@ -9,7 +9,7 @@ from configs import svd, svd_xt
 
 
 def sfv_section() -> ml_collections.ConfigDict:
-    """Noise levels and loss weights (docs/sfv_method.md sections 1-4)."""
+    """Noise levels and loss weights (docs/method.md sections 1-4)."""
     return ml_collections.ConfigDict(dict(
         sigma_min=0.002, sigma_max=700.0, rho=7.0,  # SVD's Karras range
         tg=4,  # G's schedule: trains at its top Tg - 1 levels

@@ -5,6 +5,11 @@ Layout of CKPT/:
                  extra["pipeline"], for a converted pipeline folder: {"model_index": {...}, "files":
                  {"scheduler/scheduler_config.json": {...}, "feature_extractor/preprocessor_config.json": {...}}}
   params/        Orbax (OCDBT) tree {name: {"dotted.param.path": array}}
+A training workdir is an sfv-jax checkpoint too (written by the training loop, read by the same code):
+  sfv_jax.json   as above, plus "options" (the run's ModelOptions) and "params_from": {"train_checkpoints":
+                 "checkpoints"}; each component names the "tree" (e.g. "g_ema", "encoders.vae") holding its params,
+                 and optionally a "raw_tree" (the generator's raw weights, read with raw=True)
+  checkpoints/<step>/state   Orbax train states, nested pure dicts; the latest complete step is read
 Restoring builds each module abstractly and lets Orbax read every array straight into its
 target sharding, so no host ever holds a full replicated copy per device.
 """
@@ -21,11 +26,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from sfv_jax.convert.components import component_for_class, component_for_module
-from sfv_jax.convert.module_state import AbstractModel, flat_params
 from sfv_jax.convert.weight_files import read_json_object
 from sfv_jax.errors import CheckpointError
 from sfv_jax.fileio import atomic_directory
 from sfv_jax.models import ModelOptions
+from sfv_jax.models.nnx_state import AbstractModel, flat_params, flatten, unflatten_into
 
 FORMAT_VERSION = 1
 INDEX_NAME = "sfv_jax.json"
@@ -44,14 +49,18 @@ def _to_store(value: jax.Array, dtype=None) -> jax.Array | np.ndarray:
     return np.asarray(value).astype(dtype, copy=False)
 
 
+def _component_entry(module: nnx.Module) -> dict:
+    component = component_for_module(module)
+    return {"class": component.class_name, "config": component.config_dict(module)}
+
+
 def save_checkpoint(path: str, modules: Mapping[str, nnx.Module], extra: Mapping | None = None,
                     dtype: str | None = None, overwrite: bool = False) -> None:
     """Writes `modules` (e.g. {"unet": unet}) to `path` atomically; `dtype` casts the stored params."""
     index = {"format": FORMAT_VERSION, "components": {}, "extra": dict(extra or {})}
     tree = {}
     for name, module in modules.items():
-        component = component_for_module(module)
-        index["components"][name] = {"class": component.class_name, "config": component.config_dict(module)}
+        index["components"][name] = _component_entry(module)
         params = flat_params(module)
         tree[name] = {k: _to_store(v, dtype) for k, v in params.items()}
     with atomic_directory(path, overwrite=overwrite) as tmp:
@@ -62,26 +71,69 @@ def save_checkpoint(path: str, modules: Mapping[str, nnx.Module], extra: Mapping
             json.dump(index, f, indent=2)
 
 
+def write_train_state_index(path: str, modules: Mapping[str, nnx.Module], trees: Mapping[str, str],
+                            raw_trees: Mapping[str, str], train_checkpoints: str, options: Mapping,
+                            extra: Mapping | None = None) -> None:
+    """Makes the folder `path` (a training workdir) an sfv-jax checkpoint of `modules` without copying weights.
+
+    modules: {name: module}, abstract or concrete (only their class and config are written).
+    trees: {name: dotted path of its params in the train state}, e.g. {"unet": "g_ema", "vae": "encoders.vae"};
+      raw_trees: the alternatives read with raw=True (e.g. {"unet": "g_params"}).
+    train_checkpoints: the sub-folder holding <step>/state Orbax train states.
+    options: the ModelOptions fields the modules compute with by default.
+    """
+    components = {name: {**_component_entry(module), "tree": trees[name],
+                         **({"raw_tree": raw_trees[name]} if name in raw_trees else {})}
+                  for name, module in modules.items()}
+    index = {"format": FORMAT_VERSION, "components": components, "extra": dict(extra or {}),
+             "options": dict(options), "params_from": {"train_checkpoints": train_checkpoints}}
+    tmp = os.path.join(path, f"{INDEX_NAME}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(index, f, indent=2)
+    os.replace(tmp, os.path.join(path, INDEX_NAME))
+
+
+def train_state_step(path: str, index: dict | None = None) -> int | None:
+    """The latest complete train-state step a workdir checkpoint reads (None for a converted checkpoint)."""
+    index = read_index(path) if index is None else index
+    source = index.get("params_from")
+    if source is None:
+        return None
+    folder = os.path.join(path, source["train_checkpoints"])
+    # Orbax writes a step under a temporary name and renames it when complete: only integer names are done.
+    steps = [int(n) for n in (os.listdir(folder) if os.path.isdir(folder) else ()) if n.isdigit()
+             and os.path.isdir(os.path.join(folder, n, "state"))]
+    if not steps:
+        raise CheckpointError(f"{path}: has no complete checkpoint yet; train at least checkpoint_every steps")
+    return max(steps)
+
+
 def read_index(path: str) -> dict:
     index_path = os.path.join(path, INDEX_NAME)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: checkpoint folder not found")
     if not os.path.isfile(index_path):
-        raise CheckpointError(f"{path}: not an sfv-jax checkpoint (no {INDEX_NAME}); create one with sfv-jax convert")
+        raise CheckpointError(f"{path}: not an sfv-jax checkpoint (no {INDEX_NAME}); create one with sfv-jax convert "
+                              f"(a training workdir gets one when sfv-jax train starts or resumes in it)")
     index = read_json_object(index_path)
     if index.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{index_path}: format {index.get('format')} is not {FORMAT_VERSION}")
     return index
 
 
-def load_checkpoint(path: str, options: ModelOptions = ModelOptions(), names: list[str] | None = None,
-                    sharding_for: Callable[[str, str, jax.ShapeDtypeStruct], jax.sharding.Sharding] | None = None
-                    ) -> dict[str, nnx.Module]:
+def load_checkpoint(path: str, options: ModelOptions | None = None, names: list[str] | None = None,
+                    sharding_for: Callable[[str, str, jax.ShapeDtypeStruct], jax.sharding.Sharding] | None = None,
+                    raw: bool = False) -> dict[str, nnx.Module]:
     """Restores the named components (default: all) as Flax modules.
 
+    options: how the modules compute (default: the checkpoint's "options", else ModelOptions()).
     `sharding_for(component, param_key, shape)` gives each parameter's target sharding (default:
     the first local device); Orbax reads each array directly into it.
+    raw: from a training workdir, a component's "raw_tree" (G's raw weights) instead of its "tree" (G's EMA).
     """
     path = os.path.abspath(path)  # Orbax refuses relative paths
     index = read_index(path)
+    options = options or ModelOptions(**index.get("options", {}))
     names = list(index["components"]) if names is None else names
     abstract_models, target = {}, {}
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -99,11 +151,38 @@ def load_checkpoint(path: str, options: ModelOptions = ModelOptions(), names: li
         target[name] = {
             key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding_for(name, key, s) if sharding_for else default)
             for key, s in model.shapes.items()}
+    step = train_state_step(path, index)
+    if step is None:
+        params_dir, trees = os.path.join(path, "params"), {name: (name,) for name in names}
+    else:
+        params_dir = os.path.join(path, index["params_from"]["train_checkpoints"], str(step), "state")
+        entries = {name: index["components"][name] for name in names}
+        trees = {name: tuple(e["raw_tree" if raw and "raw_tree" in e else "tree"].split(".")) for name, e in
+                 entries.items()}
+        target = _nest({trees[name]: unflatten_into(abstract_models[name].tree, target[name]) for name in names})
     try:
         # partial_restore: read only the requested components; arrays are cast to the target dtype.
-        restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, "params"), args=ocp.args.PyTreeRestore(
+        restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     except (ValueError, KeyError, FileNotFoundError) as e:
-        raise CheckpointError(f"{path}: params do not match the stored configs ({str(e).splitlines()[0]})") from None
-    return {name: abstract_models[name].merge(restored[name]) for name in names}
+        raise CheckpointError(f"{params_dir}: params do not match the stored configs ({str(e).splitlines()[0]})"
+                              ) from None
+    return {name: abstract_models[name].merge(flatten(_get(restored, trees[name]))) for name in names}
+
+
+def _nest(trees: Mapping[tuple, dict]) -> dict:
+    """{("encoders", "vae"): tree} -> {"encoders": {"vae": tree}}."""
+    out: dict = {}
+    for keys, tree in trees.items():
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = tree
+    return out
+
+
+def _get(tree: Mapping, keys: tuple):
+    for key in keys:
+        tree = tree[key]
+    return tree
 

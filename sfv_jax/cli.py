@@ -1,4 +1,4 @@
-"""The `sfv-jax` command line: convert, export, demo."""
+"""The `sfv-jax` command line. `sfv-jax --help` lists every command; `sfv-jax COMMAND --help` its options."""
 
 from __future__ import annotations
 
@@ -65,19 +65,16 @@ def _run_export(args):
     import ml_dtypes
     import numpy as np
 
-    from sfv_jax.checkpoint import load_checkpoint, read_index
+    from sfv_jax.checkpoint import load_checkpoint, read_index, train_state_step
     from sfv_jax.convert.pipeline import write_diffusers_folder
 
-    from sfv_jax.train.workdir import is_workdir
-
     _refuse_existing(args.out)
-    if is_workdir(args.checkpoint):
-        from sfv_jax.train.trained_model import load_trained_modules
-        modules, pipeline, step = load_trained_modules(args.checkpoint, ema=args.ema)
+    index = read_index(args.checkpoint)
+    pipeline = index.get("extra", {}).get("pipeline")
+    modules = load_checkpoint(args.checkpoint, raw=not args.ema)
+    step = train_state_step(args.checkpoint, index)
+    if step is not None:
         print(f"{args.checkpoint}: step {step}, {'EMA' if args.ema else 'raw (--no-ema)'} generator weights")
-    else:
-        pipeline = read_index(args.checkpoint).get("extra", {}).get("pipeline")
-        modules = load_checkpoint(args.checkpoint)
     dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(args.dtype)
     write_diffusers_folder(modules, args.out, dtype, pipeline=pipeline)
     print(f"wrote {args.out} ({'pipeline: ' if pipeline else ''}{', '.join(modules)})")
@@ -101,16 +98,28 @@ def _run_demo(args):
     run(args.config, args.workdir, args.train_steps)
 
 
+DESCRIPTION = ("Stable Video Diffusion and SF-V (one-step image-to-video) in JAX. Commands: {commands}. "
+               "Run sfv-jax COMMAND --help for a command's options.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sfv-jax", description=__doc__)
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    from sfv_jax import __version__
+    parser = argparse.ArgumentParser(prog="sfv-jax")
+    parser.add_argument("--version", action="version", version=f"sfv-jax {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_convert(subparsers)
     _add_export(subparsers)
     _add_demo(subparsers)
-    __import__("sfv_jax.sample_cli", fromlist=["x"]).add_sample_parser(subparsers)
-    __import__("sfv_jax.train_cli", fromlist=["x"]).add_train_parser(subparsers)
-    __import__("sfv_jax.bench.cli", fromlist=["x"]).add_bench_parser(subparsers)
-    __import__("sfv_jax.eval.cli", fromlist=["x"]).add_eval_parser(subparsers)
+    from sfv_jax.bench.cli import add_bench_parser
+    from sfv_jax.eval.cli import add_eval_parser
+    from sfv_jax.sample_cli import add_sample_parser
+    from sfv_jax.train_cli import add_train_parser
+    add_sample_parser(subparsers)
+    add_train_parser(subparsers)
+    add_bench_parser(subparsers)
+    add_eval_parser(subparsers)
+    # Named from the parsers themselves, so a new command is never missing from the description.
+    parser.description = DESCRIPTION.format(commands=", ".join(subparsers.choices))
     return parser
 
 

@@ -2,11 +2,11 @@
 
 1. builds the config's tiny pipeline (UNet, temporal VAE, CLIP) with random weights and writes it
    as a diffusers StableVideoDiffusionPipeline folder (standing in for the downloaded SVD);
-2. converts that folder with `sfv-jax convert` into an sfv-jax (Orbax) checkpoint;
-3. trains SF-V from it on synthetic moving-shape videos for a few steps (`sfv-jax train`);
+2. converts that folder into an sfv-jax (Orbax) checkpoint (what `sfv-jax convert` does);
+3. trains SF-V from it on synthetic moving-shape videos for a few steps (what `sfv-jax train` does);
 4. loads the training workdir with SFVPipeline.from_pretrained (G's EMA weights) and makes a clip
    from an image in ONE UNet call, printing per-stage timings; writes it as a GIF with a contact sheet;
-5. exports the workdir back to a diffusers pipeline folder (`sfv-jax export`).
+5. exports the workdir back to a diffusers pipeline folder (what `sfv-jax export` does).
 With random weights and a few steps the videos are noise; the demo shows the machinery, not a model.
 """
 
@@ -22,14 +22,13 @@ import numpy as np
 import PIL.Image
 from flax import nnx
 
+from sfv_jax.checkpoint import load_checkpoint, read_index, save_checkpoint
 from sfv_jax.config import load_config
-from sfv_jax.convert.pipeline import write_diffusers_folder
+from sfv_jax.convert.pipeline import load_diffusers_folder, read_pipeline_configs, write_diffusers_folder
 from sfv_jax.convert.svd_pipeline_files import svd_pipeline_files
-from sfv_jax.errors import SfvError
+from sfv_jax.diffusion.image_to_video import STAGES
 from sfv_jax.models.factory import random_components
 from sfv_jax.video_io import contact_sheet_path, write_contact_sheet, write_video
-
-STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
 
 
 def synthetic_image(height: int, width: int, seed: int) -> PIL.Image.Image:
@@ -43,8 +42,8 @@ def synthetic_image(height: int, width: int, seed: int) -> PIL.Image.Image:
 
 
 def run(config_spec: str = "configs/tiny_sfv.py:micro", workdir: str | None = None, train_steps: int = 8) -> None:
-    from sfv_jax.cli import main as cli_main
     from sfv_jax.pipeline import SFVPipeline
+    from sfv_jax.train.loop import train
 
     config = load_config(config_spec)
     workdir = workdir or tempfile.mkdtemp(prefix="sfv_jax_demo_")
@@ -62,19 +61,18 @@ def run(config_spec: str = "configs/tiny_sfv.py:micro", workdir: str | None = No
 
     checkpoint = os.path.join(workdir, "checkpoint")
     start = time.perf_counter()
-    if cli_main(["convert", "--diffusers", diffusers_dir, "--out", checkpoint, "--overwrite"]) != 0:
-        raise SfvError("the demo's conversion failed (see the error above)")
-    print(f"2. sfv-jax convert -> {checkpoint} ({time.perf_counter() - start:.1f}s)")
+    save_checkpoint(checkpoint, load_diffusers_folder(diffusers_dir), overwrite=True,
+                    extra={"source": diffusers_dir, "pipeline": read_pipeline_configs(diffusers_dir)})
+    print(f"2. converted (sfv-jax convert) -> {checkpoint} ({time.perf_counter() - start:.1f}s)")
 
     train_dir = os.path.join(workdir, "train")
     shutil.rmtree(train_dir, ignore_errors=True)
     start = time.perf_counter()
     steps = train_steps
-    argv = ["train", "--config", config_spec, "--workdir", train_dir, f"--config.init_checkpoint={checkpoint}",
-            f"--config.checkpoint_every={steps}", f"--config.total_steps={steps}"]
-    print(f"3. sfv-jax {' '.join(argv)}")
-    if cli_main(argv) != 0:
-        raise SfvError("the demo's training failed (see the error above)")
+    overrides = [f"init_checkpoint={checkpoint}", f"checkpoint_every={steps}", f"total_steps={steps}"]
+    print(f"3. training (sfv-jax train --config {config_spec} --workdir {train_dir} "
+          f"{' '.join('--config.' + o for o in overrides)})")
+    train(load_config(config_spec, overrides), train_dir)
     print(f"   trained {steps} steps in {time.perf_counter() - start:.1f}s (most of it compiling the step); "
           f"metrics in {os.path.join(train_dir, 'metrics.jsonl')}, TensorBoard in {os.path.join(train_dir, 'tensorboard')}")
 
@@ -102,8 +100,7 @@ def run(config_spec: str = "configs/tiny_sfv.py:micro", workdir: str | None = No
     exported = os.path.join(workdir, "exported_pipeline")
     shutil.rmtree(exported, ignore_errors=True)
     start = time.perf_counter()
-    if cli_main(["export", "--checkpoint", train_dir, "--out", exported]) != 0:
-        raise SfvError("the demo's export failed (see the error above)")
-    print(f"5. sfv-jax export -> {exported}: a diffusers StableVideoDiffusionPipeline folder "
+    write_diffusers_folder(load_checkpoint(train_dir), exported, pipeline=read_index(train_dir)["extra"]["pipeline"])
+    print(f"5. exported (sfv-jax export) -> {exported}: a diffusers StableVideoDiffusionPipeline folder "
           f"({time.perf_counter() - start:.1f}s)")
     print(f"demo done in {time.perf_counter() - demo_start:.0f}s; outputs in {workdir}")

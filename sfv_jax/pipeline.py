@@ -11,12 +11,14 @@ it (max_guidance_scale > 1). With num_inference_steps = 1 (SF-V's generator) it 
 default, since SF-V is trained without it; pass do_classifier_free_guidance=True to get diffusers'
 behaviour there (diffusers guides at one step too when max_guidance_scale > 1).
 
-Every stage is one jitted program, compiled ahead of time once per input shape and kept in
-a module-level cache; `self.last_timings` holds per-stage compile and run seconds of the last call.
+Every stage (sfv_jax.diffusion.image_to_video.STAGES) is one jitted program, compiled ahead of time once per
+input shape and kept in the pipeline's own bounded cache; `self.last_timings` holds per-stage compile and run
+seconds of the last call, `self.last_compiled` each stage's compiled program (its cost analysis, memory).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import time
@@ -28,13 +30,16 @@ import numpy as np
 from flax import nnx
 
 from sfv_jax.diffusion import edm
+from sfv_jax.diffusion import image_to_video as i2v
 from sfv_jax.diffusion.sampler import euler_sample, guidance_ramp, pad_sigmas, sfv_levels, sfv_sample
 from sfv_jax.errors import CheckpointError, SfvError
 
 COMPONENTS = ("unet", "vae", "image_encoder")
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
 OUTPUT_TYPES = ("np", "uint8", "latent")
-STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
+STAGES = i2v.STAGES
+# Compiled programs one pipeline keeps (least recently used dropped first): 5 stages times a few input shapes.
+MAX_COMPILED = 32
 
 
 # ---------------------------------------------------------------- jitted stages (graphdef is static)
@@ -42,23 +47,23 @@ STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_image(graphdef, state, images):
     """images (B, H0, W0, 3) in [-1, 1], original size -> CLIP image embeddings (B, 1, D)."""
-    from sfv_jax.models.clip_preprocess import preprocess_for_clip
-    return nnx.merge(graphdef, state)(preprocess_for_clip(images))[:, None, :]
+    return i2v.encode_image(nnx.merge(graphdef, state), images)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_vae(graphdef, state, images, noise, strength):
     """Noise-augmented conditioning frames (B, H, W, 3) -> VAE latent mean (B, h, w, 4), float32, unscaled."""
-    return nnx.merge(graphdef, state).encode(images + strength * noise).astype(jnp.float32)
+    return i2v.encode_condition(nnx.merge(graphdef, state), images, noise, strength)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 9))
-def _sample_euler(graphdef, state, latents, sigmas, num_steps, image_latents, embeds, time_ids, guidance, use_cfg):
+@functools.partial(jax.jit, static_argnums=(0, 9, 10))
+def _sample_euler(graphdef, state, latents, sigmas, num_steps, image_latents, embeds, time_ids, guidance, use_cfg,
+                  progress):
     # The progress callback is always compiled in (a no-op without hooks; one host call per step) so that
     # calls with and without a progress bar share one program.
     unet = nnx.merge(graphdef, state)
     return euler_sample(unet, latents, sigmas, image_latents, embeds, time_ids, guidance if use_cfg else None,
-                        on_step=_progress_tick, num_steps=num_steps)
+                        on_step=progress, num_steps=num_steps)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 9))
@@ -70,21 +75,22 @@ def _sample_sfv(graphdef, state, latents, levels, renoise, image_latents, embeds
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _decode(graphdef, state, latents, num_frames, chunk):
     """Final latents (N, h, w, 4) scaled -> frames (N, H, W, 3) in [0, 1] (diffusers' denormalize + clamp)."""
-    vae = nnx.merge(graphdef, state)
-    frames = vae.decode(latents * (1 / vae.config.scaling_factor), num_frames, chunk).astype(jnp.float32)
-    return jnp.clip(frames / 2 + 0.5, 0.0, 1.0)
+    return i2v.decode(nnx.merge(graphdef, state), latents, num_frames, chunk)
 
 
-# AOT-compiled stages: (stage, function, graphdef, statics, input signature) -> jax.stages.Compiled.
-_COMPILED: dict[tuple, Any] = {}
+class ProgressHooks:
+    """One pipeline's host-side progress: its sampler calls this after each step (jax.debug.callback).
 
-# Host-side progress: the sampler's loop calls this after each step (jax.debug.callback).
-_progress_hook: list[Callable[[int], None]] = []
+    Owned by one SFVPipeline and compiled into its Euler program, so two pipelines never see each
+    other's progress. Holds no reference to the pipeline (a compiled program may outlive it).
+    """
 
+    def __init__(self):
+        self.hooks: list[Callable[[int], None]] = []
 
-def _progress_tick(i):
-    for hook in _progress_hook:
-        hook(int(i))
+    def __call__(self, i) -> None:
+        for hook in self.hooks:
+            hook(int(i))
 
 
 # ---------------------------------------------------------------- host-side image handling
@@ -111,7 +117,7 @@ def _resize(images, height: int, width: int) -> list:
     return [i.convert("RGB").resize((width, height), resample=PIL.Image.LANCZOS) for i in images]
 
 
-def _signature(*arrays) -> tuple:
+def input_signature(*arrays) -> tuple:
     """Shapes, dtypes and placements: a program compiled for one placement refuses inputs of another."""
     return tuple((tuple(a.shape), str(a.dtype), getattr(a, "sharding", None)) for a in jax.tree.leaves(arrays))
 
@@ -129,30 +135,26 @@ class SFVPipeline:
             raise CheckpointError(str(e)) from None
         self._split = {name: nnx.split(getattr(self, name)) for name in COMPONENTS}
         self.last_timings: dict[str, dict[str, float]] = {}
+        self.last_compiled: dict[str, Any] = {}
+        self._compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._progress = ProgressHooks()
 
     # ------------------------------------------------------------ loading
 
     @classmethod
     def from_pretrained(cls, path: str, options=None, ema: bool = True) -> "SFVPipeline":
         """From an sfv-jax checkpoint folder holding unet, vae and image_encoder (sfv-jax convert of a pipeline),
-        or from a training workdir (`sfv-jax train`): its latest checkpoint's generator, EMA weights unless
-        ema=False, with the run's frozen VAE and CLIP."""
+        or from a training workdir (`sfv-jax train` makes it an sfv-jax checkpoint too): its latest checkpoint's
+        generator, EMA weights unless ema=False, with the run's frozen VAE and CLIP, computing with the run's
+        ModelOptions unless `options` is given."""
         from sfv_jax.checkpoint import load_checkpoint, read_index
-        from sfv_jax.models import ModelOptions
-        from sfv_jax.train.workdir import is_workdir
-        if not os.path.isdir(path):
-            raise CheckpointError(f"{path}: checkpoint folder not found")
-        if is_workdir(path):
-            from sfv_jax.train.trained_model import load_trained_modules
-            modules, pipeline, _ = load_trained_modules(path, ema=ema, options=options)
-            return cls(**modules, scheduler_config=(pipeline or {}).get("files", {}).get(SCHEDULER_FILE))
         index = read_index(path)
         missing = [n for n in COMPONENTS if n not in index.get("components", {})]
         if missing:
             raise CheckpointError(f"{path}: holds {sorted(index.get('components', {}))} but a pipeline needs "
                                   f"{', '.join(COMPONENTS)}; convert a whole pipeline folder with "
                                   f"sfv-jax convert --diffusers PIPELINE_DIR")
-        modules = load_checkpoint(path, options or ModelOptions(), names=list(COMPONENTS))
+        modules = load_checkpoint(path, options, names=list(COMPONENTS), raw=not ema)
         extra = index.get("extra", {})
         scheduler = (extra.get("pipeline") or {}).get("files", {}).get(SCHEDULER_FILE) or extra.get("scheduler")
         return cls(**modules, scheduler_config=scheduler)
@@ -181,18 +183,19 @@ class SFVPipeline:
 
     def _run(self, stage: str, fn, statics: tuple, *args):
         """Runs jitted `fn(graphdef, state, *args, *statics)` through an AOT-compiled cache; times compile and run."""
-        graphdef, state = self._split[{"image_encoder": "image_encoder", "vae_encode": "vae", "unet": "unet",
-                                       "vae_decode": "vae"}[stage]]
-        # Keyed by the module's graphdef (hashable, equal for equal architectures), so a second
-        # pipeline with the same configs and shapes reuses the compiled programs.
-        key = (stage, fn.__name__, graphdef, statics, _signature(state, args))
+        graphdef, state = self._split[i2v.STAGE_MODULE[stage]]
+        key = (stage, fn.__name__, statics, input_signature(state, args))
         timing = self.last_timings.setdefault(stage, {"compile_s": 0.0, "run_s": 0.0})
-        compiled = _COMPILED.get(key)
+        compiled = self._compiled.get(key)
         if compiled is None:
             start = time.perf_counter()
             compiled = fn.lower(graphdef, state, *args, *statics).compile()
             timing["compile_s"] += time.perf_counter() - start
-            _COMPILED[key] = compiled
+            self._compiled[key] = compiled
+            while len(self._compiled) > MAX_COMPILED:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(key)
+        self.last_compiled[stage] = compiled
         start = time.perf_counter()
         out = jax.block_until_ready(compiled(state, *args))
         timing["run_s"] += time.perf_counter() - start
@@ -232,7 +235,7 @@ class SFVPipeline:
         num_frames = self.unet.config.num_frames if num_frames is None else int(num_frames)
         self._check(num_frames, height, width, num_inference_steps, decode_chunk_size, output_type, sampler)
         batch = len(images)
-        self.last_timings = {}
+        self.last_timings, self.last_compiled = {}, {}
         key_aug, key_latents, key_renoise = jax.random.split(jax.random.key(seed), 3)
 
         # 1. CLIP on the original image.
@@ -244,7 +247,7 @@ class SFVPipeline:
         image_latents = self._run("vae_encode", _encode_vae, (), cond, aug_noise, jnp.float32(noise_aug_strength))
         image_latents = jnp.repeat(image_latents[:, None], num_frames, axis=1)
 
-        time_ids = jnp.tile(jnp.asarray([[fps - 1, motion_bucket_id, noise_aug_strength]], jnp.float32), (batch, 1))
+        time_ids = i2v.micro_conditioning(fps, motion_bucket_id, noise_aug_strength, batch)
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         shape = (batch, num_frames, h, w, self.unet.config.out_channels)
         if latents is None:
@@ -262,12 +265,12 @@ class SFVPipeline:
 
         # 4. the sampler: one compiled program over all steps.
         if progress is not None:
-            _progress_hook.append(progress)
+            self._progress.hooks.append(progress)
         try:
             if sampler == "euler":
                 # Padded schedule + traced step count: one compiled sampler for every step count up to 31.
                 sigmas = jnp.asarray(pad_sigmas(self.schedule.sigmas(num_inference_steps)))
-                x = self._run("unet", _sample_euler, (use_cfg,), x, sigmas,
+                x = self._run("unet", _sample_euler, (use_cfg, self._progress), x, sigmas,
                               jnp.int32(num_inference_steps), image_latents, embeds, time_ids, guidance)
             else:
                 levels = jnp.asarray(sfv_levels(num_inference_steps, self.schedule))
@@ -276,7 +279,7 @@ class SFVPipeline:
                               time_ids, guidance)
         finally:
             if progress is not None:
-                _progress_hook.remove(progress)
+                self._progress.hooks.remove(progress)
         self.last_timings["unet"]["steps"] = num_inference_steps
 
         if output_type == "latent":

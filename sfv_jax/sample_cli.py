@@ -10,10 +10,15 @@ from sfv_jax.errors import SfvError
 
 def add_sample_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="image -> video with a converted SVD / SF-V checkpoint")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="sfv-jax checkpoint (sfv-jax convert of a pipeline)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT_OR_WORKDIR",
+                   help="sfv-jax checkpoint (sfv-jax convert of a pipeline) or training workdir (G's EMA weights)")
     p.add_argument("--image", required=True, metavar="IMG", help="conditioning image (any format Pillow reads)")
     p.add_argument("--out", required=True, metavar="OUT", help="output video, .mp4 or .gif (a .contact.png is written next to it)")
-    p.add_argument("--steps", type=int, default=1, help="1: SF-V one step (no guidance); >1: SVD's Euler sampler with CFG")
+    p.add_argument("--steps", type=int, default=1,
+                   help="1: SF-V one step (no guidance); >1: the --sampler's steps")
+    p.add_argument("--sampler", default="euler", choices=("euler", "sfv"),
+                   help="euler: SVD's Euler sampler, with CFG when --steps > 1; sfv: SF-V's few-step refinement over "
+                        "the top noise levels (1 to 3 steps, re-noising between them, no guidance)")
     p.add_argument("--num-frames", type=int, default=None, help="frames (default: the UNet's num_frames)")
     p.add_argument("--height", type=int, default=576, help="multiple of 8")
     p.add_argument("--width", type=int, default=1024, help="multiple of 8")
@@ -41,6 +46,8 @@ def _check_args(args) -> None:
         raise SfvError(f"--decode-chunk-size must be >= 1, got {args.decode_chunk_size}")
     if args.steps < 1:
         raise SfvError(f"--steps must be >= 1, got {args.steps}")
+    if args.sampler == "sfv" and args.steps > 3:
+        raise SfvError(f"--sampler sfv runs 1 to 3 steps, got --steps {args.steps}; use --sampler euler for more")
     if args.fps < 1:
         raise SfvError(f"--fps must be >= 1, got {args.fps}")
     if not os.path.isdir(args.checkpoint):
@@ -77,13 +84,17 @@ def run_sample(args) -> None:
     start = time.perf_counter()
     pipe = SFVPipeline.from_pretrained(args.checkpoint)
     load_s = time.perf_counter() - start
-    bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.steps == 1)
+    # The sfv sampler's refinement is one compiled loop without per-step ticks: no bar for it.
+    bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.steps == 1 or args.sampler == "sfv")
     try:
         frames = pipe(image, num_frames=args.num_frames, height=args.height, width=args.width,
                       num_inference_steps=args.steps, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
                       noise_aug_strength=args.noise_aug_strength, min_guidance_scale=args.min_guidance,
                       max_guidance_scale=args.max_guidance, decode_chunk_size=args.decode_chunk_size,
-                      seed=args.seed, output_type="uint8", progress=lambda i: bar.update(max(0, i + 1 - bar.n)))
+                      seed=args.seed, output_type="uint8", sampler=args.sampler,
+                      # SF-V is trained without classifier-free guidance; its refinement steps run without it too.
+                      do_classifier_free_guidance=False if args.sampler == "sfv" else None,
+                      progress=lambda i: bar.update(max(0, i + 1 - bar.n)))
     finally:
         bar.close()
     write_video(frames, args.out, fps=args.fps)
@@ -91,7 +102,7 @@ def run_sample(args) -> None:
     write_contact_sheet(frames, sheet)
 
     print(f"wrote {args.out} ({frames.shape[0]} frames {args.width}x{args.height}, {args.steps} step"
-          f"{'s' if args.steps > 1 else ''}) and {sheet}")
+          f"{'s' if args.steps > 1 else ''}, {args.sampler} sampler) and {sheet}")
     print(f"  {'load checkpoint':<22} {load_s:8.2f}s")
     names = {"image_encoder": "image encoder", "vae_encode": "VAE encode", "unet": f"UNet x {args.steps} steps",
              "vae_decode": "VAE decode"}

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from sfv_jax.convert.engine import import_params
-from sfv_jax.convert.module_state import AbstractModel
 from sfv_jax.convert.weight_files import TensorSource
+from sfv_jax.models.nnx_state import AbstractModel
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "svd-xt-configs")
 

@@ -22,10 +22,10 @@ from sfv_jax.convert import image_encoder_from_diffusers, image_encoder_to_diffu
 from sfv_jax.convert.clip_rules import CLIP_RULES
 from sfv_jax.convert.engine import plan_import
 from sfv_jax.convert.image_encoder import WEIGHTS_NAME, abstract_image_encoder
-from sfv_jax.convert.module_state import flat_params
 from sfv_jax.convert.rulebook import flax_key_for, flax_shape
 from sfv_jax.convert.weight_files import TensorSource
 from sfv_jax.errors import CheckpointError
+from sfv_jax.models.nnx_state import flat_params
 from tests.reference import channels_first as nchw
 from tests.reference import channels_last as nhwc
 from tests.reference import randomize_, rel_err

@@ -29,9 +29,9 @@ from transformers import CLIPVisionModelWithProjection as TorchCLIP
 from sfv_jax.checkpoint import load_checkpoint, read_index
 from sfv_jax.cli import main
 from sfv_jax.convert.components import COMPONENTS, PIPELINE_COMPONENTS
-from sfv_jax.convert.module_state import flat_params
 from sfv_jax.convert.rulebook import flax_key_for, to_flax_layout
 from sfv_jax.convert.weight_files import TensorSource, weight_paths
+from sfv_jax.models.nnx_state import flat_params
 from tests.reference import DATA, randomize_
 from tests.unet_reference import tiny_torch_unet
 
@@ -276,7 +276,7 @@ SHARDED_RESTORE = textwrap.dedent("""
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     from sfv_jax.checkpoint import load_checkpoint
-    from sfv_jax.convert.module_state import flat_params
+    from sfv_jax.models.nnx_state import flat_params
     import orbax.checkpoint as ocp
 
     assert jax.device_count() == 8, jax.devices()

@@ -158,6 +158,30 @@ def test_same_seed_same_video(pipelines):
     assert batch.shape == (2, FRAMES, HEIGHT // 8, WIDTH // 8, 4)
 
 
+def test_pipelines_own_their_progress_hooks_and_a_bounded_program_cache(pipelines, monkeypatch):
+    """Catches: a module-level progress hook list (a second pipeline's sampler steps ticking the first one's
+    progress bar) and a module-level or unbounded compiled-program cache."""
+    import sfv_jax.pipeline as pipeline_module
+    _, pipe_a, _ = pipelines
+    pipe_b = SFVPipeline(pipe_a.unet, pipe_a.vae, pipe_a.image_encoder, pipe_a.scheduler_config)
+    image = random_image(64, 48, seed=4)
+    kwargs = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=2, output_type="latent")
+    ticks_a, ticks_b = [], []
+    pipe_a._progress.hooks.append(ticks_a.append)
+    try:
+        pipe_b(image, progress=ticks_b.append, **kwargs)
+        assert ticks_a == [] and sorted(ticks_b) == [0, 1]
+        pipe_a(image, **kwargs)
+        assert sorted(ticks_a) == [0, 1] and sorted(ticks_b) == [0, 1]
+    finally:
+        pipe_a._progress.hooks.remove(ticks_a.append)
+    monkeypatch.setattr(pipeline_module, "MAX_COMPILED", 2)
+    pipe_b(image, **{**kwargs, "output_type": "np"})  # 4 stages, capped at the 2 most recent
+    assert len(pipe_b._compiled) == 2 and set(pipe_b.last_compiled) == set(pipeline_module.STAGES)
+    pipe_b(image, **{**kwargs, "output_type": "np"})
+    assert pipe_b.last_timings["image_encoder"]["compile_s"] > 0  # evicted, so compiled again
+
+
 @pytest.mark.slow  # one more UNet compile per step count
 @pytest.mark.parametrize("steps", [1, 3])
 def test_sfv_sampler(pipelines, steps):
@@ -205,6 +229,23 @@ def test_cli_sample_writes_video(checkpoint, image_file, tmp_path, capsys, ext):
     assert sorted(os.listdir(tmp_path)) == sorted([f"clip.{ext}", "clip.contact.png", "in.png"])
 
 
+def test_cli_sample_runs_the_sfv_refinement(checkpoint, image_file, tmp_path, capsys):
+    """Catches: `--sampler sfv` not reaching SFVPipeline (the CLI silently running the Euler sampler), or its
+    refinement being the one-step clip."""
+    from sfv_jax.cli import main
+    outs = {}
+    for sampler, steps in (("sfv", "2"), ("euler", "1")):
+        out = str(tmp_path / f"{sampler}.gif")
+        assert main(["sample", "--checkpoint", checkpoint, "--image", image_file, "--out", out, "--num-frames",
+                     str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--sampler", sampler,
+                     "--steps", steps]) == 0
+        assert f"{sampler} sampler" in capsys.readouterr().out
+        with PIL.Image.open(out) as gif:
+            assert gif.n_frames == FRAMES and gif.size == (WIDTH, HEIGHT)
+            outs[sampler] = np.asarray(gif.convert("RGB"), np.float64)
+    assert np.abs(outs["sfv"] - outs["euler"]).mean() > 1.0  # a second SF-V step changes the clip
+
+
 BAD = {
     "missing image": (["--image", "{tmp}/nope.png"], "image file not found"),
     "not an image": (["--image", "{tmp}/text.png"], "not an image"),
@@ -215,6 +256,7 @@ BAD = {
     "extension": (["--out", "{tmp}/clip.avi"], "unknown output extension"),
     "checkpoint": (["--checkpoint", "{tmp}/no_ckpt"], "checkpoint folder not found"),
     "not a checkpoint": (["--checkpoint", "{tmp}"], "not an sfv-jax checkpoint"),
+    "sfv sampler steps": (["--sampler", "sfv", "--steps", "4"], "1 to 3 steps"),
 }
 
 

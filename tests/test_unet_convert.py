@@ -12,11 +12,11 @@ from safetensors.numpy import load_file, save_file
 from sfv_jax.cli import main
 from sfv_jax.convert import unet_from_diffusers, unet_to_diffusers
 from sfv_jax.convert.engine import plan_import
-from sfv_jax.convert.module_state import flat_params
 from sfv_jax.convert.unet import abstract_unet
 from sfv_jax.convert.unet_rules import UNET_RULES
 from sfv_jax.convert.weight_files import TensorSource
 from sfv_jax.models import ModelOptions, UNetConfig
+from sfv_jax.models.nnx_state import flat_params
 from tests.reference import DATA
 from tests.unet_reference import save_unet, tiny_torch_unet
 

@@ -17,12 +17,12 @@ from safetensors.numpy import load_file, save_file
 
 from sfv_jax.convert import vae_from_diffusers, vae_to_diffusers
 from sfv_jax.convert.engine import plan_import
-from sfv_jax.convert.module_state import flat_params
 from sfv_jax.convert.rulebook import flax_key_for, flax_shape
 from sfv_jax.convert.vae import WEIGHTS_NAME, abstract_vae
 from sfv_jax.convert.vae_rules import VAE_RULES
 from sfv_jax.convert.weight_files import TensorSource
 from sfv_jax.errors import CheckpointError
+from sfv_jax.models.nnx_state import flat_params
 from tests.reference import channels_first as nchw
 from tests.reference import channels_last as nhwc
 from tests.reference import randomize_, rel_err

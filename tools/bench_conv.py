@@ -2,7 +2,7 @@
 
 Prints a markdown table of seconds (median of --repeats after a warm-up) and GFLOP/s for each
 shape and both paths, plus the path sfv_jax.models.layers.Conv picks. This is the measurement
-behind layers.MATMUL_CONV_MAX_POSITIONS; rerun it on a new CPU before changing that threshold.
+behind conv_paths.MATMUL_CONV_MAX_POSITIONS; rerun it on a new CPU before changing that threshold.
 
     python tools/bench_conv.py                      # the UNet's 3x3 / temporal shapes at a 16x16 latent
     python tools/bench_conv.py --frames 14 --shape 4x4x1280 --shape 72x128x320
@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from sfv_jax.bench.report import time_calls
-from sfv_jax.models.layers import Conv, TORCH_DEFAULT_INIT, conv_channels_last, conv_method
+from sfv_jax.models.conv_paths import conv_channels_last, conv_method
+from sfv_jax.models.layers import TORCH_DEFAULT_INIT, Conv
 
 # (height x width x channels) of the UNet's 3x3 convolutions at a 16x16 latent, and the VAE decoder's
 # at a 16x16 latent (its last stages run at 128x128).

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from sfv_jax.data.folder import list_videos, probe, read_frames
+from sfv_jax.data.folder import list_videos
 from sfv_jax.data.sources import resize_center_crop
 from sfv_jax.data.synthetic import SyntheticVideos
 
@@ -40,13 +40,8 @@ def folder_videos(root: str, height: int, width: int):
 
 def _all_frames(path: str) -> list[np.ndarray]:
     """Every frame of a video file, uint8 (h, w, 3)."""
-    if path.lower().endswith(".gif"):
-        video = probe(path)  # Pillow knows a GIF's exact frame count
-        return read_frames(video, np.arange(video.num_frames))
-    import imageio.v2 as imageio
-
-    with imageio.get_reader(path, format="FFMPEG") as reader:  # ffmpeg's count is an estimate: read to the end
-        return [np.asarray(f)[..., :3] for f in reader]
+    from sfv_jax.video_io import read_all_frames
+    return read_all_frames(path)
 
 
 def build(data_dir: str, name: str, videos, height: int, width: int, file_format: str = "array_record"):

@@ -21,11 +21,9 @@ from typing import Any
 import numpy as np
 
 from sfv_jax.bench import report
+from sfv_jax.diffusion.image_to_video import STAGES
 from sfv_jax.errors import SfvError
 
-STAGES = ("image_encoder", "vae_encode", "unet", "vae_decode")
-# The module each pipeline stage runs (SFVPipeline._run's split states are keyed by module).
-STAGE_MODULE = {"image_encoder": "image_encoder", "vae_encode": "vae", "unet": "unet", "vae_decode": "vae"}
 DTYPES = ("float32", "bfloat16")
 
 
@@ -85,33 +83,6 @@ def flops_of(compiled) -> float | None:
     return float(value) if value is not None and value >= 0 else None
 
 
-def probed_pipeline_class():
-    from sfv_jax.pipeline import SFVPipeline, _signature
-
-    class ProbedPipeline(SFVPipeline):
-        """SFVPipeline that also keeps the compiled program of each stage of the last call.
-
-        The program is fetched by lowering and compiling the stage again with the same arguments:
-        JAX's in-memory caches hand back the executable the pipeline just compiled (no recompile).
-        """
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.programs: dict[tuple, Any] = {}
-            self.last_programs: dict[str, Any] = {}
-
-        def _run(self, stage, fn, statics, *args):
-            out = super()._run(stage, fn, statics, *args)
-            key = (stage, fn.__name__, statics, _signature(args))
-            if key not in self.programs:
-                graphdef, state = self._split[STAGE_MODULE[stage]]
-                self.programs[key] = fn.lower(graphdef, state, *args, *statics).compile()
-            self.last_programs[stage] = self.programs[key]
-            return out
-
-    return ProbedPipeline
-
-
 def _image(height: int, width: int, seed: int = 0):
     import PIL.Image
     rng = np.random.default_rng(seed)
@@ -159,7 +130,7 @@ def measure(pipe, image, steps: int, args) -> dict[str, Any]:
     full, rest = divmod(n_frames, chunk)
     flops = {}
     for stage in STAGES:
-        program_flops = flops_of(pipe.last_programs[stage])
+        program_flops = flops_of(pipe.last_compiled[stage])
         multiplier = {"unet": steps, "vae_decode": full if not rest else None}.get(stage, 1)
         flops[stage] = None if program_flops is None or multiplier is None else program_flops * multiplier
     known = [flops[s] for s in STAGES]
@@ -214,7 +185,8 @@ def run(args) -> dict[str, Any]:
     modules = random_components(config, seed=config.seed, options=model_options(config, args.dtype))
     build_s = time.perf_counter() - start
     params = {name: _param_count(m) for name, m in modules.items()}
-    pipe = probed_pipeline_class()(**modules)
+    from sfv_jax.pipeline import SFVPipeline
+    pipe = SFVPipeline(**modules)
     del modules
     image = _image(args.height, args.width)
     results = [measure(pipe, image, steps, args) for steps in steps_list]

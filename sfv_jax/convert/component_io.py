@@ -8,9 +8,9 @@ from typing import Any, Callable
 from flax import nnx
 
 from sfv_jax.convert.engine import import_params
-from sfv_jax.convert.module_state import AbstractModel
 from sfv_jax.convert.weight_files import TensorSource, read_config, weight_paths
 from sfv_jax.errors import CheckpointError
+from sfv_jax.models.nnx_state import AbstractModel
 from sfv_jax.models.options import ModelOptions
 
 

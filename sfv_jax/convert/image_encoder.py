@@ -7,17 +7,13 @@ from typing import Callable
 import numpy as np
 
 from sfv_jax.convert.clip_rules import CLIP_RULES
-from sfv_jax.convert.component_io import config_from_folder, module_from_folder
-from sfv_jax.convert.module_state import AbstractModel
+from sfv_jax.convert.component_io import module_from_folder
 from sfv_jax.convert.writer import write_diffusers_component
 from sfv_jax.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
+from sfv_jax.models.nnx_state import AbstractModel
 from sfv_jax.models.options import ModelOptions
 
 WEIGHTS_NAME = "model"  # transformers' file name (model.safetensors), not diffusers'
-
-
-def image_encoder_config_from_folder(folder: str) -> CLIPVisionConfig:
-    return config_from_folder(folder, CLIPVisionConfig.from_dict)
 
 
 def abstract_image_encoder(config: CLIPVisionConfig, options: ModelOptions) -> AbstractModel:

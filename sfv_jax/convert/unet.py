@@ -6,17 +6,13 @@ from typing import Callable
 
 import numpy as np
 
-from sfv_jax.convert.component_io import config_from_folder, module_from_folder
-from sfv_jax.convert.module_state import AbstractModel
+from sfv_jax.convert.component_io import module_from_folder
 from sfv_jax.convert.unet_rules import UNET_RULES
 from sfv_jax.convert.writer import write_diffusers_component
 from sfv_jax.models import ModelOptions, UNetConfig, UNetSpatioTemporalConditionModel
+from sfv_jax.models.nnx_state import AbstractModel
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
-
-
-def unet_config_from_folder(folder: str) -> UNetConfig:
-    return config_from_folder(folder, UNetConfig.from_dict)
 
 
 def abstract_unet(config: UNetConfig, options: ModelOptions) -> AbstractModel:

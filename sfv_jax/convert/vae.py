@@ -6,18 +6,14 @@ from typing import Callable
 
 import numpy as np
 
-from sfv_jax.convert.component_io import config_from_folder, module_from_folder
-from sfv_jax.convert.module_state import AbstractModel
+from sfv_jax.convert.component_io import module_from_folder
 from sfv_jax.convert.vae_rules import VAE_RULES
 from sfv_jax.convert.writer import write_diffusers_component
+from sfv_jax.models.nnx_state import AbstractModel
 from sfv_jax.models.options import ModelOptions
 from sfv_jax.models.vae import AutoencoderKLTemporalDecoder, VAEConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
-
-
-def vae_config_from_folder(folder: str) -> VAEConfig:
-    return config_from_folder(folder, VAEConfig.from_dict)
 
 
 def abstract_vae(config: VAEConfig, options: ModelOptions) -> AbstractModel:

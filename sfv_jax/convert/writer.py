@@ -9,9 +9,9 @@ import numpy as np
 from flax import nnx
 
 from sfv_jax.convert.engine import export_tensors
-from sfv_jax.convert.module_state import flat_params
 from sfv_jax.convert.safetensors_io import write_safetensors
 from sfv_jax.fileio import atomic_directory
+from sfv_jax.models.nnx_state import flat_params
 
 
 def write_diffusers_component(module: nnx.Module, config: dict, rules, folder: str, weights_name: str,

@@ -1,4 +1,4 @@
-"""A folder of video files (mp4, webm, avi, mov, mkv through imageio's ffmpeg plugin; gif through Pillow).
+"""A folder of video files (mp4, webm, avi, mov, mkv through PyAV; gif through Pillow; see sfv_jax.video_io).
 
 Every file is probed once at construction (can its first frame be decoded? how many frames, at what fps?).
 An unreadable file is skipped, counted and logged, never fatal: a crawl of thousands of videos always has a
@@ -16,12 +16,12 @@ import threading
 
 import numpy as np
 
-from sfv_jax.data.sources import DataError, frame_indices, frame_step, resize_center_crop
+from sfv_jax.data.clips import DataError, frame_indices, frame_step, resize_center_crop
+from sfv_jax.video_io import probe_video, read_video_frames
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".gif", ".mov", ".mkv")
-_DEFAULT_GIF_FPS = 10.0  # GIFs without a frame duration play at about this speed in browsers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,53 +45,12 @@ def list_videos(root: str) -> list[str]:
 
 def probe(path: str) -> VideoFile:
     """Opens `path` and decodes its first frame; raises (any exception) if it is not a readable video."""
-    if path.lower().endswith(".gif"):
-        from PIL import Image
-
-        with Image.open(path) as image:
-            n = int(getattr(image, "n_frames", 1))
-            duration_ms = image.info.get("duration") or 0
-            np.asarray(image.convert("RGB"))
-        return VideoFile(path, n, 1000.0 / duration_ms if duration_ms > 0 else _DEFAULT_GIF_FPS)
-    import imageio.v2 as imageio
-
-    with imageio.get_reader(path, format="FFMPEG") as reader:
-        meta = reader.get_meta_data()
-        reader.get_data(0)
-    fps = float(meta.get("fps") or 0.0)
-    duration = float(meta.get("duration") or 0.0)
-    # ffmpeg reports duration and fps, not a frame count (counting means decoding the whole file); the
-    # estimate may overshoot by a frame or two, which read_frames absorbs by holding the last frame.
-    n = int(duration * fps) if fps > 0 and duration > 0 else 1
-    return VideoFile(path, max(n, 1), fps if fps > 0 else 0.0)
+    return VideoFile(path, *probe_video(path))
 
 
 def read_frames(video: VideoFile, indices: np.ndarray) -> list[np.ndarray]:
-    """The frames at non-decreasing `indices` as uint8 (h, w, 3); past the true end, the last frame repeats."""
-    wanted = [int(i) for i in indices]
-    if video.path.lower().endswith(".gif"):
-        from PIL import Image
-
-        frames = []
-        with Image.open(video.path) as image:
-            for i in wanted:
-                image.seek(min(i, int(getattr(image, "n_frames", 1)) - 1))
-                frames.append(np.asarray(image.convert("RGB")))
-        return frames
-    import imageio.v2 as imageio
-
-    decoded: dict[int, np.ndarray] = {}
-    with imageio.get_reader(video.path, format="FFMPEG") as reader:
-        last = None
-        for i in sorted(set(wanted)):
-            if last is None or i > last[0]:
-                try:
-                    last = (i, np.asarray(reader.get_data(i))[..., :3])
-                except IndexError:  # the estimated frame count overshot: hold the last decoded frame
-                    if last is None:
-                        raise
-            decoded[i] = last[1]
-    return [decoded[i] for i in wanted]
+    """The frames at `indices` as uint8 (h, w, 3); past the true end, the last frame repeats."""
+    return read_video_frames(video.path, indices)
 
 
 class FolderVideos:
@@ -111,7 +70,7 @@ class FolderVideos:
         self._lock = threading.Lock()
         self._bad: set[int] = set()
         self.skipped = 0
-        # ffmpeg runs in subprocesses, so threads probe in parallel despite the GIL.
+        # PyAV releases the GIL while FFmpeg decodes, so threads probe in parallel.
         with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
             results = list(pool.map(_try_probe, paths))
         self.videos = []

@@ -90,33 +90,68 @@ class RowOrder:
         self.row = epoch * self.num_clips + index
 
 
-class ClipIterator:
+class RowStream:
+    """What the batch iterators share: a RowOrder, their position (get_state / set_state) and their lifecycle.
+
+    Subclasses implement __next__ and, where they hold resources, close(); `_moved()` runs after set_state.
+    """
+
+    def __init__(self, num_clips: int, global_batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
+        self.order = RowOrder(num_clips, global_batch_size, seed, process_index, process_count)
+        self.global_batch_size, self.local_batch_size = self.order.global_batch_size, self.order.local_batch_size
+        self.seed = self.order.seed
+        self.process_index, self.process_count = self.order.process_index, self.order.process_count
+
+    @property
+    def num_clips(self) -> int:
+        """Size of the (global) dataset; an epoch is this many rows."""
+        return self.order.num_clips
+
+    def row_index(self, row: int) -> tuple[int, int]:
+        """(epoch, dataset index) of global row `row` of the stream."""
+        return self.order.row_index(row)
+
+    def __iter__(self):
+        return self
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position: the next batch starts at row epoch * num_clips + index."""
+        return self.order.get_state()
+
+    def set_state(self, state: dict) -> None:
+        """Moves to a position from get_state; the next batches are those an uninterrupted run would give."""
+        self.order.set_state(state)
+        self._moved()
+
+    def _moved(self) -> None:
+        """Drops whatever was read ahead for the old position."""
+
+    def close(self) -> None:
+        """Releases what the iterator holds; it still works afterwards, reopening lazily."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ClipIterator(RowStream):
     """next(it) -> {"frames": uint8 (B // P, T, H, W, 3)}: this process's rows of the next global batch."""
 
     def __init__(self, source: VideoSource, global_batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, num_workers: int = 4, prefetch: int = 2):
-        self.order = RowOrder(len(source), global_batch_size, seed, process_index, process_count)
+        super().__init__(len(source), global_batch_size, seed, process_index, process_count)
         self.source = source
-        self.global_batch_size, self.local_batch_size = self.order.global_batch_size, self.order.local_batch_size
-        self.seed = self.order.seed
-        self.process_index, self.process_count = self.order.process_index, self.order.process_count
         self._pool = concurrent.futures.ThreadPoolExecutor(num_workers) if num_workers > 0 else None
         self._prefetch = max(1, int(prefetch))
         self._pending: collections.deque = collections.deque()  # (batch start row, [futures or arrays])
 
     @property
-    def num_clips(self) -> int:
-        """Size of the (global) source; an epoch is this many rows."""
-        return self.order.num_clips
-
-    @property
     def skipped(self) -> int:
         """Unreadable videos skipped so far (folder source; 0 for the others)."""
         return int(getattr(self.source, "skipped", 0))
-
-    def row_index(self, row: int) -> tuple[int, int]:
-        """(epoch, source index) of global row `row` of the stream."""
-        return self.order.row_index(row)
 
     def _clip(self, row: int, index: int) -> np.ndarray:
         return self.source.clip(index, self.order.window_rng(row))
@@ -127,9 +162,6 @@ class ClipIterator:
         for row, index in self.order.local_rows(start):  # in this thread: permutations are cached without locks
             jobs.append(self._pool.submit(self._clip, row, index) if self._pool else (row, index))
         self._pending.append((start, jobs))
-
-    def __iter__(self):
-        return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         """{"frames": uint8 (local_batch_size, T, H, W, 3)}."""
@@ -145,16 +177,7 @@ class ClipIterator:
         self.order.row += self.global_batch_size
         return {"frames": np.stack(clips)}
 
-    def get_state(self) -> dict:
-        """JSON-serialisable position: the next batch starts at row epoch * num_clips + index."""
-        return self.order.get_state()
-
-    def set_state(self, state: dict) -> None:
-        """Moves to a position from get_state; the next batches are those an uninterrupted run would give."""
-        self.order.set_state(state)
-        self._drop_pending()
-
-    def _drop_pending(self) -> None:
+    def _moved(self) -> None:
         for _, jobs in self._pending:
             for job in jobs:
                 if isinstance(job, concurrent.futures.Future):
@@ -163,16 +186,11 @@ class ClipIterator:
 
     def close(self) -> None:
         """Stops the decoding threads; later batches (if any are asked for) decode in the caller's thread."""
-        self._drop_pending()
+        self._moved()
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def make_clip_iterator(data_config, global_batch_size: int, seed: int, process_index: int = 0,

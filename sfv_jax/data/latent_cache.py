@@ -28,8 +28,8 @@ import os
 
 import numpy as np
 
-from sfv_jax.data.iterator import RowOrder
-from sfv_jax.data.sources import DataError
+from sfv_jax.data.iterator import RowStream
+from sfv_jax.data.clips import DataError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def check_cache_matches(path: str, config) -> dict:
     return index
 
 
-class LatentCacheIterator:
+class LatentCacheIterator(RowStream):
     """next(it) -> this process's rows of the next global batch, as float32 numpy arrays:
     {"latents" (b, T, h, w, 4), "image_latent" (b, h, w, 4), "clip" (b, 1, D), "added_time_ids" (b, 3)},
     b = global_batch_size // process_count. Same stream semantics as ClipIterator (see iterator.py).
@@ -123,16 +123,8 @@ class LatentCacheIterator:
                  process_count: int = 1):
         self.path = path
         self.index = read_cache_index(path)
-        self.order = RowOrder(int(self.index["num_clips"]), global_batch_size, seed, process_index, process_count)
-        self.global_batch_size, self.local_batch_size = self.order.global_batch_size, self.order.local_batch_size
-        self.seed = self.order.seed
-        self.process_index, self.process_count = self.order.process_index, self.order.process_count
+        super().__init__(int(self.index["num_clips"]), global_batch_size, seed, process_index, process_count)
         self._arrays: dict[str, np.ndarray] | None = None
-
-    @property
-    def num_clips(self) -> int:
-        """Rows in the cache; an epoch is this many rows."""
-        return self.order.num_clips
 
     skipped = 0  # the cache was written from readable clips only
 
@@ -145,13 +137,6 @@ class LatentCacheIterator:
         """{key: (global_batch_size, ...)}: the global batch's shapes (all float32), for the step's abstract batch."""
         return {k: (self.global_batch_size, *self.index["keys"][k]["shape"][1:]) for k in BATCH_KEYS}
 
-    def row_index(self, row: int) -> tuple[int, int]:
-        """(epoch, cache row) of global row `row` of the stream."""
-        return self.order.row_index(row)
-
-    def __iter__(self):
-        return self
-
     def __next__(self) -> dict[str, np.ndarray]:
         indices = np.asarray([index for _, index in self.order.local_rows(self.order.row)])
         # Read in ascending file order (page cache friendly), then put the rows back in stream order.
@@ -160,23 +145,10 @@ class LatentCacheIterator:
         self.order.row += self.global_batch_size
         return batch
 
-    def get_state(self) -> dict:
-        """JSON-serialisable position (the same fields as ClipIterator's)."""
-        return self.order.get_state()
-
-    def set_state(self, state: dict) -> None:
-        """Moves to a position from get_state; the next batches are those an uninterrupted run would give."""
-        self.order.set_state(state)
-
     def close(self) -> None:
         """Drops the memory maps (their files close once no batch refers to them)."""
         self._arrays = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def make_latent_cache_iterator(config, global_batch_size: int, seed: int, process_index: int = 0,

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from sfv_jax.data.sources import DataError, frame_indices, frame_step, resize_center_crop
+from sfv_jax.data.clips import DataError, frame_indices, frame_step, resize_center_crop
 
 VIDEO_KEY = "video"  # ucf101's name for the uint8 (T, H, W, 3) frames; other TFDS video sets use it too
 

@@ -2,7 +2,7 @@
 
 The formulas are those of diffusers' EulerDiscreteScheduler configured as SVD's scheduler
 (prediction_type v_prediction, timestep_type continuous, use_karras_sigmas, final sigma 0,
-timestep_spacing leading); see docs/sfv_method.md section 1.
+timestep_spacing leading); see docs/method.md section 1.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def pad_sigmas(sigmas, multiple: int = 32):
 def sfv_levels(num_steps: int, schedule: edm.NoiseSchedule = edm.NoiseSchedule(), train_levels: int = 4):
     """SF-V's generator levels: the top `num_steps` (1 to train_levels - 1) of a train_levels-step Karras schedule.
 
-    With SVD's schedule and 4 levels: [700.0, 70.54, 2.269] (sfv_method.md section 2). float32 numpy.
+    With SVD's schedule and 4 levels: [700.0, 70.54, 2.269] (docs/method.md section 2). float32 numpy.
     """
     if not 1 <= num_steps <= train_levels - 1:
         raise ValueError(f"SF-V refinement uses 1 to {train_levels - 1} steps, got {num_steps}")

@@ -15,7 +15,7 @@ from flax import nnx
 
 from sfv_jax.models.attention import dot_product_attention
 from sfv_jax.models.layers import LayerNorm, linear
-from sfv_jax.models.options import REMAT_POLICIES, ModelOptions
+from sfv_jax.models.options import ModelOptions, remat_call
 
 MODEL_TYPE = "clip_vision_model"
 ARCHITECTURE = "CLIPVisionModelWithProjection"
@@ -182,10 +182,7 @@ class CLIPEncoder(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for layer in self.layers:
-            if self.remat == "none":
-                x = layer(x)
-            else:
-                x = nnx.remat(lambda m, h: m(h), policy=REMAT_POLICIES[self.remat])(layer, x)
+            x = remat_call(self.remat, layer, x)
         return x
 
 

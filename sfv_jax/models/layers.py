@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# conv_method is re-exported: tests and tools ask layers which path a Conv takes.
+from sfv_jax.models.conv_paths import (CHANNELS_LAST_DIMS, conv3x3_of_doubled, conv_channels_last,  # noqa: F401
+                                       conv_method)
 from sfv_jax.models.options import ModelOptions, at_least_float32
 
 
@@ -36,96 +39,6 @@ def conv(in_features: int, out_features: int, kernel_size: tuple[int, ...], opti
                 rngs=rngs)
 
 
-# Output positions per image (product of the output's spatial sizes) up to which a convolution runs
-# as one matmul over its gathered windows. XLA:CPU's direct convolution collapses on tiny images: a
-# 3x3 conv on a 14x2x2x1280 input (SVD's bottleneck at a 16x16 latent) ran at 1 GFLOP/s, 1.6 s per
-# call, and a 4x4 one at ~50 GFLOP/s, against ~90-170 GFLOP/s for the same work as one matmul
-# (tools/bench_conv.py). From 8x8 on the direct convolution is as fast or faster and needs no
-# k-fold copy of its input, so larger images keep it.
-MATMUL_CONV_MAX_POSITIONS = 32
-
-_CHANNELS_LAST_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
-
-
-def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], padding: tuple[tuple[int, int], ...],
-                       precision=None, method: str | None = None) -> jax.Array:
-    """Zero-padded, undilated convolution of x (*batch, *spatial, C_in) with kernel (*k, C_in, C_out).
-
-    Chooses how XLA computes it, never what it computes:
-    - trailing spatial axes the kernel does not span (size 1, stride 1, no padding) are folded into
-      one, so SVD's temporal (3, 1, 1) kernels over (T, H, W) become a (3, 1) conv over (T, H*W): a
-      2D convolution, which XLA:CPU hands to its fast conv library, where a 3D one runs ~1.5-3x
-      slower (tools/bench_conv.py --kernel 3x1x1);
-    - pointwise kernels, and kernels over few output positions (<= MATMUL_CONV_MAX_POSITIONS), run as
-      one matmul of the strided windows (im2col);
-    - everything else is XLA's convolution.
-    method: "matmul" or "xla" forces that path after any folding (benchmarks and tests compare the
-      paths this way); None picks by conv_method.
-    """
-    if method not in (None, "matmul", "xla"):
-        raise ValueError(f"conv_channels_last: method {method!r} is not one of None, 'matmul', 'xla'")
-    spatial = kernel.ndim - 2
-    batch_shape = x.shape[:x.ndim - spatial - 1]
-    sizes = x.shape[x.ndim - spatial - 1:-1]
-    window = kernel.shape[:spatial]
-    kept = _kept_axes(window, strides, padding)
-    if kept < spatial - 1:
-        y = conv_channels_last(x.reshape(*batch_shape, *sizes[:kept], math.prod(sizes[kept:]), x.shape[-1]),
-                               kernel.reshape(*window[:kept], 1, *kernel.shape[-2:]), (*strides[:kept], 1),
-                               (*padding[:kept], (0, 0)), precision, method)
-        return y.reshape(*y.shape[:-2], *sizes[kept:], y.shape[-1])
-    if (method or conv_method(sizes, window, strides, padding)) == "matmul":
-        return _conv_as_matmul(x, kernel, strides, padding, _out_sizes(sizes, window, strides, padding), precision)
-    flat = x.reshape(-1, *sizes, x.shape[-1])
-    y = jax.lax.conv_general_dilated(flat, kernel, strides, padding, dimension_numbers=_CHANNELS_LAST_DIMS[spatial],
-                                     precision=precision)
-    return y.reshape(*batch_shape, *y.shape[1:])
-
-
-def conv_method(sizes: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
-                padding: tuple[tuple[int, int], ...]) -> str:
-    """How conv_channels_last computes a convolution over spatial `sizes`: "fold:K" (keep the first K
-    axes, merge the rest into one, then decide again), "matmul" or "xla"."""
-    kept = _kept_axes(window, strides, padding)
-    if kept < len(window) - 1:
-        return f"fold:{kept}"
-    pointwise = all(k == 1 for k in window) and all(tuple(p) == (0, 0) for p in padding)
-    if pointwise or math.prod(_out_sizes(sizes, window, strides, padding)) <= MATMUL_CONV_MAX_POSITIONS:
-        return "matmul"
-    return "xla"
-
-
-def _kept_axes(window, strides, padding) -> int:
-    """How many leading spatial axes remain once the trailing ones the kernel does not span
-    (size 1, stride 1, no padding) are merged into one (at least 1)."""
-    kept = len(window)
-    while kept > 1 and window[kept - 1] == 1 and strides[kept - 1] == 1 and tuple(padding[kept - 1]) == (0, 0):
-        kept -= 1
-    return kept
-
-
-def _out_sizes(sizes, window, strides, padding) -> tuple[int, ...]:
-    return tuple((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(sizes, padding, window, strides))
-
-
-def _conv_as_matmul(x, kernel, strides, padding, out_sizes, precision) -> jax.Array:
-    """im2col: the kernel's windows gathered along channels, then one matmul with the flat kernel."""
-    spatial = kernel.ndim - 2
-    lead = x.ndim - spatial - 1
-    x = jnp.pad(x, ((0, 0),) * lead + tuple(tuple(p) for p in padding) + ((0, 0),))
-    windows = []
-    for offset in np.ndindex(*kernel.shape[:spatial]):
-        start = (0,) * lead + offset + (0,)
-        limit = x.shape[:lead] + tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out_sizes)) + x.shape[-1:]
-        windows.append(jax.lax.slice(x, start, limit, (1,) * lead + tuple(strides) + (1,)))
-    # Window-major, then input channel: the row order of kernel.reshape(prod(k) * C_in, C_out).
-    patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
-    # Accumulated in float32 whatever the compute dtype: a bf16 sum of 9 x C_in products is too coarse.
-    out = jnp.einsum("...c,co->...o", patches, kernel.reshape(-1, kernel.shape[-1]), precision=precision,
-                     preferred_element_type=at_least_float32(x.dtype))
-    return out.astype(x.dtype)
-
-
 class Conv(nnx.Conv):
     """nnx.Conv (same parameters, same result) computed by conv_channels_last.
 
@@ -137,7 +50,7 @@ class Conv(nnx.Conv):
         """inputs: (*batch, *spatial, C_in) -> (*batch, *spatial', C_out)."""
         spatial = len(self.kernel_size)
         if (self.feature_group_count != 1 or self.mask is not None or isinstance(self.padding, str)
-                or inputs.ndim < spatial + 2 or spatial not in _CHANNELS_LAST_DIMS
+                or inputs.ndim < spatial + 2 or spatial not in CHANNELS_LAST_DIMS
                 or any(d not in (None, 1) for d in (self.input_dilation, self.kernel_dilation))):
             return super().__call__(inputs)
         strides = (self.strides,) * spatial if isinstance(self.strides, int) else tuple(self.strides or (1,) * spatial)
@@ -291,32 +204,10 @@ class Upsample2D(nnx.Module):
         return self.conv(x)
 
     def _conv_of_doubled(self, x: jax.Array) -> jax.Array:
-        """conv3x3(nearest_2x(x)) without building the 4x larger input: (N, H, W, C) -> (N, 2H, 2W, C').
-
-        Output pixel (2i+a, 2j+b) sees input rows (i-1, i) when a = 0 and (i, i+1) when a = 1 (and
-        the same for columns), so each of the four output phases is a 2x2 conv of x with a kernel
-        whose taps are sums of the 3x3 kernel's: 16 multiply-adds per input pixel and channel pair
-        instead of 36, and the VAE decoder's largest convolutions (at 64x64x512 and 128x128x256 for a
-        16x16 latent) no longer read a 4x upsampled copy.
-        """
+        """conv3x3(nearest_2x(x)) without building the 4x larger input (conv_paths.conv3x3_of_doubled)."""
         dtype = self.conv.dtype or x.dtype
-        kernel = self.conv.kernel[...].astype(jnp.float32)  # tap sums in float32 even for bf16 params
-
-        def two_taps(k: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-            k0, k1, k2 = jnp.split(k, 3, axis=axis)
-            return jnp.concatenate([k0, k1 + k2], axis), jnp.concatenate([k0 + k1, k2], axis)
-
-        pads = ((1, 0), (0, 1))  # phase 0 reaches one pixel back, phase 1 one pixel forward
-        x = x.astype(dtype)
-        phases = []
-        for a, row_kernel in enumerate(two_taps(kernel, 0)):
-            phases.append([conv_channels_last(x, k.astype(dtype), (1, 1), (pads[a], pads[b]),
-                                              self.conv.precision)
-                           for b, k in enumerate(two_taps(row_kernel, 1))])
-        # (N, H, 2[a], W, 2[b], C') -> (N, 2H, 2W, C')
-        y = jnp.stack([jnp.stack(row, axis=-2) for row in phases], axis=-4)
-        y = y.reshape(*x.shape[:-3], 2 * x.shape[-3], 2 * x.shape[-2], y.shape[-1])
-        return y + self.conv.bias[...].astype(dtype)
+        return conv3x3_of_doubled(x.astype(dtype), self.conv.kernel[...], self.conv.precision) \
+            + self.conv.bias[...].astype(dtype)
 
 
 class AlphaBlender(nnx.Module):

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -74,3 +75,15 @@ class ModelOptions:
     @property
     def params_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.param_dtype)
+
+
+def remat_call(remat: str, module: nnx.Module, *arrays, **static):
+    """module(*arrays, **static), rematerialised under the named policy (REMAT_POLICIES; "none": a plain call).
+
+    `arrays` are traced (arrays or None); `static` values such as num_frames are closed over, so they stay
+    Python ints inside the rematerialised function.
+    """
+    call = lambda m, *a: m(*a, **static)
+    if remat == "none":
+        return call(module, *arrays)
+    return nnx.remat(call, policy=REMAT_POLICIES[remat])(module, *arrays)

@@ -9,22 +9,32 @@ and any parameter that declares an `init_value` (the mix factors) gets that valu
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sfv_jax.convert.module_state import AbstractModel
+from sfv_jax.models.nnx_state import AbstractModel, flatten, unflatten_into
 
 
 def random_params(model: AbstractModel, seed: int = 0) -> dict[str, jax.Array]:
     """{dotted key: array} for every parameter of `model`, deterministic in `seed`."""
+    return random_values(model.shapes, model.metadata(), seed)
+
+
+def random_tree(tree: Mapping, metadata: Mapping[str, dict], seed: int = 0) -> dict:
+    """random_values for a nested pure dict of ShapeDtypeStructs (a slice of a model's params), same nesting."""
+    return unflatten_into(tree, random_values(flatten(tree), metadata, seed))
+
+
+def random_values(shapes: Mapping[str, jax.ShapeDtypeStruct], metadata: Mapping[str, dict],
+                  seed: int = 0) -> dict[str, jax.Array]:
+    """{dotted key: array} for parameters given by their shapes and variable metadata (both by dotted key)."""
     rng = np.random.default_rng(seed)
-    metadata = model.metadata()
     params = {}
-    for key, shape in model.shapes.items():
+    for key, shape in shapes.items():
         leaf = key.rsplit(".", 1)[-1]
         if "init_value" in metadata[key]:
             value = np.full(shape.shape, metadata[key]["init_value"], np.float32)

@@ -18,10 +18,10 @@ class ResnetBlock2D(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, eps: float,
                  options: ModelOptions, rngs: nnx.Rngs):
-        self.norm1 = GroupNorm(in_channels, 32, eps, options)
+        self.norm1 = GroupNorm(in_channels, num_groups=32, epsilon=eps, options=options)
         self.conv1 = conv(in_channels, out_channels, (3, 3), options, rngs)
         self.time_emb_proj = linear(temb_channels, out_channels, options, rngs) if temb_channels else None
-        self.norm2 = GroupNorm(out_channels, 32, eps, options)
+        self.norm2 = GroupNorm(out_channels, num_groups=32, epsilon=eps, options=options)
         self.conv2 = conv(out_channels, out_channels, (3, 3), options, rngs)
         self.conv_shortcut = conv(in_channels, out_channels, (1, 1), options, rngs) if in_channels != out_channels else None
 
@@ -44,10 +44,10 @@ class TemporalResnetBlock(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, eps: float,
                  options: ModelOptions, rngs: nnx.Rngs):
         kernel = (3, 1, 1)
-        self.norm1 = GroupNorm(in_channels, 32, eps, options)
+        self.norm1 = GroupNorm(in_channels, num_groups=32, epsilon=eps, options=options)
         self.conv1 = conv(in_channels, out_channels, kernel, options, rngs)
         self.time_emb_proj = linear(temb_channels, out_channels, options, rngs) if temb_channels else None
-        self.norm2 = GroupNorm(out_channels, 32, eps, options)
+        self.norm2 = GroupNorm(out_channels, num_groups=32, epsilon=eps, options=options)
         self.conv2 = conv(out_channels, out_channels, kernel, options, rngs)
         self.conv_shortcut = conv(in_channels, out_channels, (1, 1, 1), options, rngs) if in_channels != out_channels else None
 

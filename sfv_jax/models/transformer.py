@@ -77,7 +77,7 @@ class TransformerSpatioTemporalModel(nnx.Module):
                  cross_attention_dim: int, options: ModelOptions, rngs: nnx.Rngs):
         inner_dim = num_attention_heads * attention_head_dim
         self.in_channels = in_channels
-        self.norm = GroupNorm(in_channels, 32, 1e-6, options)
+        self.norm = GroupNorm(in_channels, num_groups=32, epsilon=1e-6, options=options)
         self.proj_in = linear(in_channels, inner_dim, options, rngs)
         self.transformer_blocks = nnx.List([
             BasicTransformerBlock(inner_dim, num_attention_heads, attention_head_dim, cross_attention_dim, options, rngs)

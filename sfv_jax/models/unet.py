@@ -30,10 +30,11 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         self.encoder_only = encoder_only
         channels = config.block_out_channels
         time_embed_dim = channels[0] * 4
-        heads = config.per_block("num_attention_heads")
-        cross_dims = config.per_block("cross_attention_dim")
-        layers = config.per_block("layers_per_block")
-        transformer_layers = config.per_block("transformer_layers_per_block")
+        # One spec per resolution level, from the finest (level 0) down: the down path reads them in order,
+        # the up path in reverse, as the architecture diagram does.
+        levels = list(zip(channels, *(config.per_block(field) for field in (
+            "layers_per_block", "transformer_layers_per_block", "num_attention_heads", "cross_attention_dim"))))
+        last = len(levels) - 1
 
         self.conv_in = conv(config.in_channels, channels[0], (3, 3), options, rngs)
         # The conditioning embeddings run in float32 whatever the compute dtype: they are a few rows
@@ -43,36 +44,38 @@ class UNetSpatioTemporalConditionModel(nnx.Module):
         self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, time_embed_dim,
                                                embed_options, rngs)
 
-        down_blocks = []
-        out_ch = channels[0]
-        for i, block_type in enumerate(config.down_block_types):
-            in_ch, out_ch = out_ch, channels[i]
+        down_blocks, in_ch = [], channels[0]
+        for level, (block_type, (out_ch, num_layers, t_layers, heads, cross_dim)) in enumerate(
+                zip(config.down_block_types, levels)):
             down_blocks.append(DownBlockSpatioTemporal(
-                in_ch, out_ch, time_embed_dim, layers[i], add_downsample=i < len(channels) - 1, options=options,
-                rngs=rngs, with_attention=block_type.startswith("CrossAttn"), transformer_layers=transformer_layers[i],
-                num_attention_heads=heads[i], cross_attention_dim=cross_dims[i]))
+                in_ch, out_ch, temb_channels=time_embed_dim, num_layers=num_layers, add_downsample=level < last,
+                options=options, rngs=rngs, with_attention=block_type.startswith("CrossAttn"),
+                transformer_layers=t_layers, num_attention_heads=heads, cross_attention_dim=cross_dim))
+            in_ch = out_ch
         self.down_blocks = nnx.List(down_blocks)
         if encoder_only:
             return
 
+        _, _, t_layers, heads, cross_dim = levels[-1]
         self.mid_block = UNetMidBlockSpatioTemporal(
-            channels[-1], time_embed_dim, options, rngs, transformer_layers=transformer_layers[-1],
-            num_attention_heads=heads[-1], cross_attention_dim=cross_dims[-1])
+            channels[-1], temb_channels=time_embed_dim, options=options, rngs=rngs, transformer_layers=t_layers,
+            num_attention_heads=heads, cross_attention_dim=cross_dim)
 
-        up_blocks = []
-        rev_channels = channels[::-1]
-        out_ch = rev_channels[0]
-        for i, block_type in enumerate(config.up_block_types):
-            prev_ch, out_ch = out_ch, rev_channels[i]
-            in_ch = rev_channels[min(i + 1, len(channels) - 1)]
+        up_blocks, prev_ch = [], channels[-1]
+        for i, (block_type, (out_ch, num_layers, t_layers, heads, cross_dim)) in enumerate(
+                zip(config.up_block_types, reversed(levels))):
+            level = last - i
+            # The block's last resnet meets the first skip of its level: the down block's input, as wide as the
+            # finer level (conv_in's output at level 0).
+            skip_ch = channels[max(level - 1, 0)]
             up_blocks.append(UpBlockSpatioTemporal(
-                in_ch, prev_ch, out_ch, time_embed_dim, layers[::-1][i] + 1, add_upsample=i < len(channels) - 1,
-                options=options, rngs=rngs, with_attention=block_type.startswith("CrossAttn"),
-                transformer_layers=transformer_layers[::-1][i], num_attention_heads=heads[::-1][i],
-                cross_attention_dim=cross_dims[::-1][i]))
+                skip_ch, prev_ch, out_ch, temb_channels=time_embed_dim, num_layers=num_layers + 1,
+                add_upsample=level > 0, options=options, rngs=rngs, with_attention=block_type.startswith("CrossAttn"),
+                transformer_layers=t_layers, num_attention_heads=heads, cross_attention_dim=cross_dim))
+            prev_ch = out_ch
         self.up_blocks = nnx.List(up_blocks)
 
-        self.conv_norm_out = GroupNorm(channels[0], 32, 1e-5, options)
+        self.conv_norm_out = GroupNorm(channels[0], num_groups=32, epsilon=1e-5, options=options)
         self.conv_out = conv(channels[0], config.out_channels, (3, 3), options, rngs)
 
     def _embed(self, sample, timestep, encoder_hidden_states, added_time_ids):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sfv_jax.models.layers import Downsample2D, Upsample2D
-from sfv_jax.models.options import REMAT_POLICIES, ModelOptions
+from sfv_jax.models.options import ModelOptions, remat_call
 from sfv_jax.models.resnet import SpatioTemporalResBlock
 from sfv_jax.models.transformer import TransformerSpatioTemporalModel
 
@@ -17,24 +17,11 @@ MID_BLOCK_EPS = 1e-5
 UP_BLOCK_EPS = 1e-6
 
 
-def run_resnet(resnet: SpatioTemporalResBlock, x, temb, num_frames: int, remat: str):
-    """Calls a resnet block, rematerialised under the configured policy."""
-    if remat == "none":
-        return resnet(x, temb, num_frames)
-    return nnx.remat(lambda m, x, t: m(x, t, num_frames), policy=REMAT_POLICIES[remat])(resnet, x, temb)
-
-
-def run_attention(attention: TransformerSpatioTemporalModel, x, context, num_frames: int, remat: str):
-    """Calls a transformer block, rematerialised under the configured policy."""
-    if remat == "none":
-        return attention(x, context, num_frames)
-    return nnx.remat(lambda m, x, c: m(x, c, num_frames), policy=REMAT_POLICIES[remat])(attention, x, context)
-
-
 def _transformer(channels: int, heads: int, layers: int, cross_attention_dim: int, options, rngs):
     if channels % heads:
         raise ValueError(f"{channels} channels do not split into {heads} attention heads")
-    return TransformerSpatioTemporalModel(heads, channels // heads, channels, layers, cross_attention_dim, options, rngs)
+    return TransformerSpatioTemporalModel(heads, channels // heads, channels, num_layers=layers,
+                                          cross_attention_dim=cross_attention_dim, options=options, rngs=rngs)
 
 
 class DownBlockSpatioTemporal(nnx.Module):
@@ -49,7 +36,8 @@ class DownBlockSpatioTemporal(nnx.Module):
         eps = CROSS_ATTN_BLOCK_EPS if with_attention else PLAIN_DOWN_BLOCK_EPS
         self.remat = options.remat
         self.resnets = nnx.List([
-            SpatioTemporalResBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels, eps, options, rngs)
+            SpatioTemporalResBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels=temb_channels,
+                                   eps=eps, options=options, rngs=rngs)
             for i in range(num_layers)])
         self.attentions = nnx.List([
             _transformer(out_channels, num_attention_heads, transformer_layers, cross_attention_dim, options, rngs)
@@ -60,9 +48,9 @@ class DownBlockSpatioTemporal(nnx.Module):
         """x: (B*T, H, W, C) -> (output, skips): every layer's output, then the downsampled one."""
         skips = []
         for i, resnet in enumerate(self.resnets):
-            x = run_resnet(resnet, x, temb, num_frames, self.remat)
+            x = remat_call(self.remat, resnet, x, temb, num_frames=num_frames)
             if self.attentions is not None:
-                x = run_attention(self.attentions[i], x, context, num_frames, self.remat)
+                x = remat_call(self.remat, self.attentions[i], x, context, num_frames=num_frames)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -78,17 +66,18 @@ class UNetMidBlockSpatioTemporal(nnx.Module):
                  num_layers: int = 1):
         self.remat = options.remat
         self.resnets = nnx.List([
-            SpatioTemporalResBlock(channels, channels, temb_channels, MID_BLOCK_EPS, options, rngs)
+            SpatioTemporalResBlock(channels, channels, temb_channels=temb_channels, eps=MID_BLOCK_EPS, options=options,
+                                   rngs=rngs)
             for _ in range(num_layers + 1)])
         self.attentions = nnx.List([
             _transformer(channels, num_attention_heads, transformer_layers, cross_attention_dim, options, rngs)
             for _ in range(num_layers)])
 
     def __call__(self, x, temb, context, num_frames: int):
-        x = run_resnet(self.resnets[0], x, temb, num_frames, self.remat)
+        x = remat_call(self.remat, self.resnets[0], x, temb, num_frames=num_frames)
         for attention, resnet in zip(self.attentions, self.resnets[1:]):
-            x = run_attention(attention, x, context, num_frames, self.remat)
-            x = run_resnet(resnet, x, temb, num_frames, self.remat)
+            x = remat_call(self.remat, attention, x, context, num_frames=num_frames)
+            x = remat_call(self.remat, resnet, x, temb, num_frames=num_frames)
         return x
 
 
@@ -105,8 +94,8 @@ class UpBlockSpatioTemporal(nnx.Module):
         for i in range(num_layers):
             skip_channels = in_channels if i == num_layers - 1 else out_channels
             resnet_in = prev_output_channels if i == 0 else out_channels
-            resnets.append(SpatioTemporalResBlock(resnet_in + skip_channels, out_channels, temb_channels, UP_BLOCK_EPS,
-                                                  options, rngs))
+            resnets.append(SpatioTemporalResBlock(resnet_in + skip_channels, out_channels, temb_channels=temb_channels,
+                                                  eps=UP_BLOCK_EPS, options=options, rngs=rngs))
         self.resnets = nnx.List(resnets)
         self.attentions = nnx.List([
             _transformer(out_channels, num_attention_heads, transformer_layers, cross_attention_dim, options, rngs)
@@ -118,9 +107,9 @@ class UpBlockSpatioTemporal(nnx.Module):
         in each channel concatenation, as in diffusers."""
         for i, resnet in enumerate(self.resnets):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = run_resnet(resnet, x, temb, num_frames, self.remat)
+            x = remat_call(self.remat, resnet, x, temb, num_frames=num_frames)
             if self.attentions is not None:
-                x = run_attention(self.attentions[i], x, context, num_frames, self.remat)
+                x = remat_call(self.remat, self.attentions[i], x, context, num_frames=num_frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x

@@ -11,27 +11,13 @@ from flax import nnx
 
 from sfv_jax.models.attention import Attention
 from sfv_jax.models.layers import Downsample2D, GroupNorm, Upsample2D, conv
-from sfv_jax.models.options import REMAT_POLICIES, ModelOptions
+from sfv_jax.models.options import ModelOptions, remat_call
 from sfv_jax.models.resnet import ResnetBlock2D, SpatioTemporalResBlock
 
 # diffusers hard-codes these for the VAE: every GroupNorm 1e-6, except the temporal half of the
 # decoder's SpatioTemporalResBlocks (1e-5).
 VAE_EPS = 1e-6
 VAE_TEMPORAL_EPS = 1e-5
-
-
-def run_block(block: nnx.Module, remat: str, *args):
-    """Calls block(*args), rematerialised under the configured policy (args are arrays)."""
-    if remat == "none":
-        return block(*args)
-    return nnx.remat(lambda m, *a: m(*a), policy=REMAT_POLICIES[remat])(block, *args)
-
-
-def _run_temporal(resnet: SpatioTemporalResBlock, x: jax.Array, num_frames: int, remat: str) -> jax.Array:
-    """Calls a SpatioTemporalResBlock on (B*T, H, W, C) with the (static) clip length num_frames."""
-    if remat == "none":
-        return resnet(x, None, num_frames)
-    return nnx.remat(lambda m, h: m(h, None, num_frames), policy=REMAT_POLICIES[remat])(resnet, x)
 
 
 def _temporal_resblock(in_channels: int, out_channels: int, options: ModelOptions, rngs: nnx.Rngs):
@@ -49,7 +35,7 @@ class SpatialSelfAttention(Attention):
 
     def __init__(self, channels: int, options: ModelOptions, rngs: nnx.Rngs):
         super().__init__(channels, 1, channels, options, rngs, qkv_bias=True)
-        self.group_norm = GroupNorm(channels, 32, VAE_EPS, options)
+        self.group_norm = GroupNorm(channels, num_groups=32, epsilon=VAE_EPS, options=options)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (N, H, W, C) -> (N, H, W, C)."""
@@ -74,7 +60,7 @@ class DownEncoderBlock2D(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (N, H, W, C_in) -> (N, H', W', C_out), H' = (H - 2) // 2 + 1 after a downsample."""
         for resnet in self.resnets:
-            x = run_block(resnet, self.remat, x, None)
+            x = remat_call(self.remat, resnet, x, None)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
         return x
@@ -91,10 +77,10 @@ class UNetMidBlock2D(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (N, H, W, C) -> (N, H, W, C)."""
-        x = run_block(self.resnets[0], self.remat, x, None)
+        x = remat_call(self.remat, self.resnets[0], x, None)
         for attention, resnet in zip(self.attentions, self.resnets[1:]):
-            x = run_block(attention, self.remat, x)
-            x = run_block(resnet, self.remat, x, None)
+            x = remat_call(self.remat, attention, x)
+            x = remat_call(self.remat, resnet, x, None)
         return x
 
 
@@ -111,7 +97,7 @@ class Encoder(nnx.Module):
                                              add_downsample=i < len(block_out_channels) - 1, options=options, rngs=rngs))
         self.down_blocks = nnx.List(blocks)
         self.mid_block = UNetMidBlock2D(block_out_channels[-1], options, rngs)
-        self.conv_norm_out = GroupNorm(block_out_channels[-1], 32, VAE_EPS, options)
+        self.conv_norm_out = GroupNorm(block_out_channels[-1], num_groups=32, epsilon=VAE_EPS, options=options)
         self.conv_out = conv(block_out_channels[-1], 2 * latent_channels, (3, 3), options, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,10 +123,10 @@ class MidBlockTemporalDecoder(nnx.Module):
 
     def __call__(self, x: jax.Array, num_frames: int) -> jax.Array:
         """x: (B*T, H, W, C) frame-major -> (B*T, H, W, C)."""
-        x = _run_temporal(self.resnets[0], x, num_frames, self.remat)
+        x = remat_call(self.remat, self.resnets[0], x, None, num_frames=num_frames)
         for attention, resnet in zip(self.attentions, self.resnets[1:]):
-            x = run_block(attention, self.remat, x)
-            x = _run_temporal(resnet, x, num_frames, self.remat)
+            x = remat_call(self.remat, attention, x)
+            x = remat_call(self.remat, resnet, x, None, num_frames=num_frames)
         return x
 
 
@@ -157,7 +143,7 @@ class UpBlockTemporalDecoder(nnx.Module):
     def __call__(self, x: jax.Array, num_frames: int) -> jax.Array:
         """x: (B*T, H, W, C_in) -> (B*T, 2H, 2W, C_out) (no upsample in the last block)."""
         for resnet in self.resnets:
-            x = _run_temporal(resnet, x, num_frames, self.remat)
+            x = remat_call(self.remat, resnet, x, None, num_frames=num_frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
         return x
@@ -181,7 +167,7 @@ class TemporalDecoder(nnx.Module):
             blocks.append(UpBlockTemporalDecoder(in_ch, out_ch, layers_per_block + 1,
                                                  add_upsample=i < len(rev) - 1, options=options, rngs=rngs))
         self.up_blocks = nnx.List(blocks)
-        self.conv_norm_out = GroupNorm(block_out_channels[0], 32, VAE_EPS, options)
+        self.conv_norm_out = GroupNorm(block_out_channels[0], num_groups=32, epsilon=VAE_EPS, options=options)
         self.conv_out = conv(block_out_channels[0], out_channels, (3, 3), options, rngs)
         self.time_conv_out = conv(out_channels, out_channels, (3, 1, 1), options, rngs)
 

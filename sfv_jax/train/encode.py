@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from sfv_jax.models.clip_preprocess import preprocess_for_clip
+from sfv_jax.diffusion.image_to_video import encode_condition, encode_image, micro_conditioning
 from sfv_jax.train.state import SFVModels
 
 
@@ -46,11 +46,9 @@ def make_encode_fn(config, models: SFVModels) -> Callable[[dict, jax.Array, jax.
         latents = vae.encode(video.reshape(batch * num_frames, height, width, 3)).astype(jnp.float32)
         latents = latents.reshape(batch, num_frames, *latents.shape[1:]) * scale
         first = video[:, 0]
-        noisy_first = first + sfv.noise_aug_strength * jax.random.normal(key, first.shape, first.dtype)
-        image_latent = vae.encode(noisy_first).astype(jnp.float32)
-        embedding = clip(preprocess_for_clip(first)).astype(jnp.float32)[:, None, :]
-        time_ids = jnp.asarray([sfv.fps - 1, sfv.motion_bucket_id, sfv.noise_aug_strength], jnp.float32)
-        return dict(latents=latents, image_latent=image_latent, clip=embedding,
-                    added_time_ids=jnp.broadcast_to(time_ids, (batch, 3)))
+        image_latent = encode_condition(vae, first, jax.random.normal(key, first.shape, first.dtype),
+                                        sfv.noise_aug_strength)
+        return dict(latents=latents, image_latent=image_latent, clip=encode_image(clip, first),
+                    added_time_ids=micro_conditioning(sfv.fps, sfv.motion_bucket_id, sfv.noise_aug_strength, batch))
 
     return encode

@@ -6,9 +6,9 @@ import dataclasses
 
 from flax import nnx
 
-from sfv_jax.convert.module_state import _flatten
 from sfv_jax.convert.svd_pipeline_files import svd_pipeline_files
 from sfv_jax.errors import CheckpointError
+from sfv_jax.models.nnx_state import flatten
 from sfv_jax.train.state import SFVModels, TrainState
 
 
@@ -17,8 +17,8 @@ def _pure(module: nnx.Module) -> dict:
 
 
 def _check_shapes(name: str, loaded: dict, abstract: dict, path: str, section: str) -> None:
-    got = {k: tuple(v.shape) for k, v in _flatten(loaded).items()}
-    want = {k: tuple(v.shape) for k, v in _flatten(abstract).items()}
+    got = {k: tuple(v.shape) for k, v in flatten(loaded).items()}
+    want = {k: tuple(v.shape) for k, v in flatten(abstract).items()}
     if got != want:
         diff = sorted(set(got.items()) ^ set(want.items()))[:3]
         raise CheckpointError(f"{path}: its {name} does not match config.{section} (first differences: {diff}); "
@@ -42,7 +42,7 @@ def initial_weights(config, models: SFVModels, shardings: TrainState | None = No
     targets = {"unet": getattr(shardings, "g_params", None)}
     if models.encoders is not None and shardings is not None and shardings.encoders is not None:
         targets.update(shardings.encoders)
-    flat_targets = {name: _flatten(tree) for name, tree in targets.items() if tree is not None}
+    flat_targets = {name: flatten(tree) for name, tree in targets.items() if tree is not None}
     sharding_for = (lambda name, key, _: flat_targets[name][key]) if flat_targets else None
     try:
         # Loading runs no UNet, so no activation constraints (they would need an active mesh).

@@ -182,6 +182,8 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
             if process == 0:
                 wd.write_json_atomic(os.path.join(workdir, wd.PIPELINE), pipeline)
                 wd.write_json_atomic(os.path.join(workdir, wd.CONFIG), wd.config_to_dict(config))
+        if process == 0:
+            wd.write_checkpoint_index(workdir, config, models)  # the workdir reads as an sfv-jax checkpoint
         _sync("start")
 
         metrics_log = MetricsLog(os.path.join(workdir, wd.METRICS), os.path.join(workdir, wd.TENSORBOARD),

@@ -1,4 +1,4 @@
-"""Noise levels for SF-V training (docs/sfv_method.md sections 2 and 3).
+"""Noise levels for SF-V training (docs/method.md sections 2 and 3).
 
 G trains at the top Tg - 1 Karras levels of a Tg-level schedule (sigma in {2.269, 70.54, 700.0} for
 Tg = 4 and SVD's range); D re-noises at sigma' drawn from a lognormal discretised over Td Karras levels.

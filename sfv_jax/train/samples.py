@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfv_jax.diffusion import edm
-from sfv_jax.diffusion.sampler import sfv_sample
-from sfv_jax.models.clip_preprocess import preprocess_for_clip
+from sfv_jax.diffusion.image_to_video import one_step_video
 from sfv_jax.train.encode import frames_to_unit_range
 from sfv_jax.train.state import SFVModels
 
@@ -25,27 +23,14 @@ def make_sample_fn(config, models: SFVModels) -> Callable[[dict, dict, jax.Array
 
     first_frames: (B, H, W, 3) uint8 conditioning images; returns (B, T, H, W, 3) uint8, T = data.num_frames.
     """
-    sfv, num_frames = config.sfv, config.data.num_frames
+    sfv = config.sfv
 
     def sample(g_params, encoders, first_frames, key):
-        unet, vae = models.generator(g_params), models.vae(encoders["vae"])
-        image = frames_to_unit_range(first_frames)
-        batch = image.shape[0]
-        aug_key, noise_key = jax.random.split(key)
-        embeds = models.image_encoder(encoders["image_encoder"])(preprocess_for_clip(image))[:, None, :]
-        image_latent = vae.encode(image + sfv.noise_aug_strength * jax.random.normal(aug_key, image.shape))
-        image_latents = jnp.broadcast_to(image_latent[:, None], (batch, num_frames) + image_latent.shape[1:])
-        noise = jax.random.normal(noise_key, image_latents.shape, jnp.float32)
-        time_ids = jnp.tile(jnp.asarray([[sfv.fps - 1, sfv.motion_bucket_id, sfv.noise_aug_strength]],
-                                        jnp.float32), (batch, 1))
-        latents = noise * edm.init_noise_sigma(sfv.sigma_max)
-        levels = jnp.asarray([sfv.sigma_max], jnp.float32)
-        x0 = sfv_sample(unet, latents, levels, jnp.zeros((0,) + latents.shape), image_latents,
-                        embeds.astype(jnp.float32), time_ids)
-        flat = (x0 / config.data.latent_scale).reshape(batch * num_frames, *x0.shape[2:])
-        frames = vae.decode(flat, num_frames).astype(jnp.float32)
-        frames = jnp.clip((frames + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
-        return frames.reshape(batch, num_frames, *frames.shape[1:])
+        frames = one_step_video(models.generator(g_params), models.vae(encoders["vae"]),
+                                models.image_encoder(encoders["image_encoder"]), frames_to_unit_range(first_frames),
+                                key, config.data.num_frames, sfv.sigma_max, sfv.fps, sfv.motion_bucket_id,
+                                sfv.noise_aug_strength)
+        return jnp.round(frames * 255).astype(jnp.uint8)
 
     return sample
 

@@ -15,12 +15,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sfv_jax.convert.module_state import _flatten, _unflatten_into
 from sfv_jax.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 from sfv_jax.models.discriminator import HeadConfig, SFVDiscriminator, backbone_params_from_unet
 from sfv_jax.models.init_rngs import StaticRngs
+from sfv_jax.models.nnx_state import AbstractModel, param_metadata
 from sfv_jax.models.options import ModelOptions
-from sfv_jax.models.random_init import random_params
+from sfv_jax.models.random_init import random_tree
 from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
 from sfv_jax.models.unet_config import UNetConfig
 from sfv_jax.models.vae import AutoencoderKLTemporalDecoder, VAEConfig
@@ -75,32 +75,6 @@ def make_optimizer(optim, learning_rate: float) -> optax.GradientTransformation:
     return optax.inject_hyperparams(build)(learning_rate=learning_rate)
 
 
-class _Subset:
-    """The slice of an AbstractModel-like view that random_params reads: shapes and metadata."""
-
-    def __init__(self, shapes, metadata):
-        self.shapes, self._metadata = shapes, metadata
-
-    def metadata(self):
-        return self._metadata
-
-
-class _Frozen:
-    """A frozen model built abstractly: graph, rest state, abstract pure-dict params and their metadata."""
-
-    def __init__(self, build):
-        module = nnx.eval_shape(lambda: build(StaticRngs(0)))
-        self.graph, params, self.rest = nnx.split(module, nnx.Param, ...)
-        self.abstract = nnx.to_pure_dict(params)
-        self.metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(params)}
-
-    def module(self, params) -> nnx.Module:
-        return nnx.merge(self.graph, params, self.rest)
-
-    def random_params(self, seed: int) -> dict:
-        return _unflatten_into(self.abstract, random_params(_Subset(_flatten(self.abstract), self.metadata), seed))
-
-
 class SFVModels:
     """Static graph definitions of G and D built abstractly from a config, and their optimisers.
 
@@ -113,18 +87,17 @@ class SFVModels:
         self.unet_config = UNetConfig.from_dict(config.unet.to_dict())
         self.options = ModelOptions(**config.model.to_dict(), activation_batch_axes=activation_batch_axes)
         self.head_config = HeadConfig.from_dict(config.disc.to_dict())
-        g = nnx.eval_shape(lambda: UNetSpatioTemporalConditionModel(self.unet_config, self.options,
-                                                                    rngs=StaticRngs(0)))
-        self.g_graph, g_params, self.g_rest = nnx.split(g, nnx.Param, ...)
+        g = AbstractModel(lambda rngs: UNetSpatioTemporalConditionModel(self.unet_config, self.options, rngs=rngs))
+        self.g_graph, self.g_rest = g.graphdef, g.rest_state
         d = nnx.eval_shape(lambda: SFVDiscriminator(self.unet_config, self.head_config, self.options,
                                                     rngs=StaticRngs(0)))
         self.d_graph, backbone, heads, self.d_rest = nnx.split(
             d, nnx.All(nnx.Param, nnx.PathContains("backbone")), nnx.Param, ...)
-        self.abstract_g = nnx.to_pure_dict(g_params)
+        self.abstract_g = g.tree
         self.abstract_backbone = nnx.to_pure_dict(backbone)
         self.abstract_heads = nnx.to_pure_dict(heads)
-        self._head_metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(heads)}
-        self._g_metadata = {".".join(map(str, p)): v.get_metadata() for p, v in nnx.to_flat_state(g_params)}
+        self._head_metadata = param_metadata(heads)
+        self._g_metadata = g.metadata()
         self.encoders = None
         if "vae" in config and "image_encoder" in config:
             # Frozen encoders compute in the model dtype but never need activation constraints or remat.
@@ -132,8 +105,9 @@ class SFVModels:
             vae_config = VAEConfig.from_dict(config.vae.to_dict())
             clip_config = CLIPVisionConfig.from_dict(config.image_encoder.to_dict())
             self.encoders = {
-                "vae": _Frozen(lambda rngs: AutoencoderKLTemporalDecoder(vae_config, frozen, rngs=rngs)),
-                "image_encoder": _Frozen(lambda rngs: CLIPVisionModelWithProjection(clip_config, frozen, rngs=rngs))}
+                "vae": AbstractModel(lambda rngs: AutoencoderKLTemporalDecoder(vae_config, frozen, rngs=rngs)),
+                "image_encoder": AbstractModel(
+                    lambda rngs: CLIPVisionModelWithProjection(clip_config, frozen, rngs=rngs))}
         self.g_tx = make_optimizer(config.optim, config.optim.g_lr)
         self.d_tx = make_optimizer(config.optim, config.optim.d_lr)
 
@@ -145,28 +119,27 @@ class SFVModels:
 
     def random_generator_params(self, seed: int) -> dict:
         """Host-drawn torch-default init of the UNet (tests; a real run loads SVD weights)."""
-        flat = random_params(_Subset(_flatten(self.abstract_g), self._g_metadata), seed)
-        return _unflatten_into(self.abstract_g, flat)
+        return random_tree(self.abstract_g, self._g_metadata, seed)
 
     def random_head_params(self, seed: int) -> dict:
-        flat = random_params(_Subset(_flatten(self.abstract_heads), self._head_metadata), seed)
-        return _unflatten_into(self.abstract_heads, flat)
+        return random_tree(self.abstract_heads, self._head_metadata, seed)
 
     def vae(self, params) -> AutoencoderKLTemporalDecoder:
-        return self.encoders["vae"].module(params)
+        return self.encoders["vae"].merge_tree(params)
 
     def image_encoder(self, params) -> CLIPVisionModelWithProjection:
-        return self.encoders["image_encoder"].module(params)
+        return self.encoders["image_encoder"].merge_tree(params)
 
     @property
     def abstract_encoders(self) -> dict | None:
-        return None if self.encoders is None else {k: v.abstract for k, v in self.encoders.items()}
+        return None if self.encoders is None else {k: v.tree for k, v in self.encoders.items()}
 
     def random_encoder_params(self, seed: int) -> dict | None:
         """Torch-default random VAE and CLIP params (tiny runs; a real run loads SVD's)."""
         if self.encoders is None:
             return None
-        return {name: frozen.random_params(seed + i) for i, (name, frozen) in enumerate(self.encoders.items())}
+        return {name: random_tree(model.tree, model.metadata(), seed + i)
+                for i, (name, model) in enumerate(self.encoders.items())}
 
 
 def init_state(models: SFVModels, g_params, d_heads, seed: int, encoders=None) -> TrainState:

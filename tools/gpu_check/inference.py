@@ -30,6 +30,7 @@ def run(plan: Plan, rec: Recorder) -> None:
     from sfv_jax.demo import synthetic_image
     from sfv_jax.bench.train import device_peak_bytes
     from sfv_jax.models.factory import random_components
+    from sfv_jax.pipeline import SFVPipeline
 
     config = load_config(plan.inference_config, plan.inference_overrides)
     modules = random_components(config, seed=config.seed, options=inference.model_options(config, "bfloat16"))
@@ -48,7 +49,7 @@ def run(plan: Plan, rec: Recorder) -> None:
             rec.set("unet_attention", runs)
             continue
         set_attention(modules["unet"], implementation)
-        pipe = inference.probed_pipeline_class()(**modules)
+        pipe = SFVPipeline(**modules)
         try:
             runs[implementation] = stage_table(inference.measure(pipe, image, 1, args))
         except Exception as e:  # noqa: BLE001 - one kernel failing leaves the other's numbers
