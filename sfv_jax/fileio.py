@@ -30,3 +30,31 @@ def atomic_directory(path: str, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def refuse_existing(path: str) -> None:
+    """SfvError before any work when an output path exists (outputs are never overwritten)."""
+    if os.path.exists(path):
+        raise SfvError(f"{os.path.abspath(path)} already exists; choose another --out or delete it first")
+
+
+def write_file_atomically(path: str, write) -> None:
+    """Calls write(tmp_path) on a temporary sibling of `path` (same extension), then renames it to `path`."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=ext, dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    write_file_atomically(path, write)

@@ -249,22 +249,17 @@ def test_two_processes_match_one(run_a, cache, tmp_path):
     # initial state) within 1e-4 of run A's, relative to run A's update of that leaf.
     from sfv_jax.train import workdir as wd
     from sfv_jax.train.state import SFVModels, init_state
-    from tests.train_helpers import update_errors
+    from tests.train_helpers import tree_equal, update_errors
     config = wd.read_config(run_a)
     models = SFVModels(config)
     init = init_state(models, models.random_generator_params(config.seed), models.random_head_params(config.seed + 1),
                       config.seed)
     (two, _), (one, _) = restore(workdir, 2), restore(run_a, 2)
-    assert all(np.array_equal(a, b) for a, b in zip(jax_leaves(init.backbone), jax_leaves(one.backbone)))
+    assert tree_equal(init.backbone, one.backbone)
     for tree in ("g_params", "g_ema", "d_heads", "g_opt", "d_opt"):
         errors = update_errors(getattr(init, tree), getattr(two, tree), getattr(one, tree))
         print(f"2 processes x 2 devices vs 1 x 4, {tree}: {len(errors)} leaves, worst update difference {errors[0]}")
         assert errors[0][0] <= 1e-4, (tree, errors[:3])
-
-
-def jax_leaves(tree) -> list:
-    import jax
-    return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(cache, tmp_path):

@@ -63,7 +63,7 @@ def run_fvd(args) -> None:
     if args.stats and not reuse:
         save_stats(args.stats, real.mean, real.cov, real.count, protocol(num_frames), real.clip_shape)
     if args.json:
-        from sfv_jax.eval.output import write_text_atomically
+        from sfv_jax.fileio import write_text_atomically
 
         write_text_atomically(args.json, json.dumps({"fvd": value, "protocol": protocol(num_frames),
                                                  "real": real.summary(), "fake": fake.summary()}, indent=2) + "\n")

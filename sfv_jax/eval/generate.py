@@ -73,7 +73,7 @@ def generate_clips(pipe, images: np.ndarray, batch_size: int, seed: int = 0, pro
 def run_generate(args) -> None:
     from tqdm import tqdm
 
-    from sfv_jax.eval.output import new_folder, refuse_existing, write_file_atomically
+    from sfv_jax.fileio import atomic_directory, refuse_existing, write_file_atomically
     from sfv_jax.pipeline import SFVPipeline
     from sfv_jax.video_io import write_video
 
@@ -96,7 +96,7 @@ def run_generate(args) -> None:
             write_file_atomically(args.out, lambda tmp: np.savez(tmp, videos=array))
             shape = array.shape
         else:
-            with new_folder(args.out) as tmp:
+            with atomic_directory(args.out) as tmp:
                 for i, clip in enumerate(clips):
                     write_video(clip, os.path.join(tmp, f"{i:05d}.mp4"), fps=args.fps)
                     shape = (i + 1, *clip.shape)

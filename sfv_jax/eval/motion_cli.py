@@ -35,7 +35,7 @@ def run_motion(args) -> None:
 
     from sfv_jax.eval.args import frames_arg
     from sfv_jax.eval.motion import Tolerances, motion_report
-    from sfv_jax.eval.output import write_text_atomically
+    from sfv_jax.fileio import write_text_atomically
     from sfv_jax.eval.video_sets import open_video_set
 
     if args.json and os.path.isdir(args.json):

@@ -91,7 +91,7 @@ def save_stats(path: str, mean: np.ndarray, cov: np.ndarray, count: int, protoco
                clip_shape: tuple | None = None) -> None:
     """Writes (atomically) mean, cov, count, the protocol (a dict of str/int) and the clips' shape (T, H, W, 3)
     to an .npz file."""
-    from sfv_jax.eval.output import write_file_atomically
+    from sfv_jax.fileio import write_file_atomically
 
     if not path.endswith(".npz"):
         raise StatsError(f"{path}: statistics files end in .npz")

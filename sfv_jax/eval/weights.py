@@ -16,7 +16,7 @@ import pickle
 import numpy as np
 
 from sfv_jax.errors import CheckpointError
-from sfv_jax.eval.output import write_file_atomically
+from sfv_jax.fileio import write_file_atomically
 
 WEIGHTS_FILE = "i3d_kinetics400.safetensors"
 PICKLE_IN_PACKAGE = os.path.join("weights", "i3d-kinetics-400.ckpt")
