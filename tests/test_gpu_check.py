@@ -169,7 +169,7 @@ def test_set_attention_switches_every_attention_of_the_unet():
     """Catches an attention switch that misses layers, or one the pipeline's compiled programs would not see."""
     from flax import nnx
     from sfv_jax.config import load_config
-    from sfv_jax.convert.module_state import AbstractModel
+    from sfv_jax.models.nnx_state import AbstractModel
     from sfv_jax.models import ModelOptions, UNetConfig
     from sfv_jax.models.attention import Attention
     from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
