@@ -17,6 +17,7 @@ from sfv_jax.parallel.mesh import mesh_shape
 from sfv_jax.parallel.rules import batch_spec
 from sfv_jax.parallel.sharding import per_device_bytes, state_specs
 from sfv_jax.train.state import SFVModels, abstract_state
+from tests.train_helpers import UPDATE_BOUND
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,12 +145,6 @@ SHARDED_VS_SINGLE = textwrap.dedent("""
     print("RESULT" + json.dumps(out))
 """)
 
-# Per leaf, relative to the leaf's own update: the two programs run the same float32 arithmetic in a different
-# reduction order (partial sums per device, then an all-reduce), ~1e-7 relative per sum. What makes it visible
-# is storage: a norm scale near 1 moved by an update of ~1e-3 (lr 1e-3, SM3's normalised step) is held to one
-# float32 ulp, 1.2e-7, i.e. ~1e-4 of its update, so one rounding flip per element reaches that (measured worst
-# 6.4e-5, norm scales; every other leaf < 1e-5). The bound is 10x that resolution.
-UPDATE_BOUND = 1e-3
 
 
 def test_sharded_step_equals_single_device_per_tensor_on_8_fake_devices(measured):

@@ -49,6 +49,15 @@ def synthetic_batch(config, first: int, count: int, size: int = 8) -> dict:
                                                    (b, 1)), jnp.float32))
 
 
+# Per leaf, relative to the leaf's own update: the two programs run the same float32 arithmetic in a different
+# reduction order (partial sums per device, then an all-reduce), ~1e-7 relative per sum. What makes it visible
+# is storage: a norm scale near 1 moved by an update of ~1e-3 (lr 1e-3, SM3's normalised step) is held to one
+# float32 ulp, 1.2e-7, i.e. ~1e-4 of its update, so one rounding flip per element reaches that (measured worst:
+# 6.4e-5 on 8 fake devices, 1.8e-4 for 2 processes x 2 devices, EMA and norm-scale leaves; every other leaf
+# < 1e-5). The bound is 10x that resolution.
+UPDATE_BOUND = 1e-3
+
+
 def tree_equal(a, b) -> bool:
     """Same structure and bit-identical leaves."""
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
