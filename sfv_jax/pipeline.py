@@ -225,8 +225,9 @@ class SFVPipeline:
             re-noising of SF-V's multi-step refinement. Same seed and inputs, same video.
           latents: unit noise (T, h, w, 4) or (B, T, h, w, 4); scaled by init_noise_sigma like diffusers.
           output_type: "np" float32 frames in [0, 1] (T, H, W, 3); "uint8"; "latent" final latents (T, h, w, 4).
-          do_classifier_free_guidance: None = diffusers' rule for multi-step, none at one step; True/False force it
-            (True still needs max_guidance_scale > 1 to have an effect, as in diffusers).
+          do_classifier_free_guidance: None = diffusers' rule for the Euler sampler's multi-step runs, none at one
+            step or with sampler "sfv" (SF-V is trained without it); True/False force it (True still needs
+            max_guidance_scale > 1 to have an effect, as in diffusers).
           sampler: "euler" (SVD) or "sfv" (SF-V's few-step refinement over the top Karras levels of a
             4-level schedule, 1 to 3 steps, re-noising x0_hat between steps).
           progress: called on the host with the step index after each sampler step.
@@ -259,7 +260,9 @@ class SFVPipeline:
                 raise SfvError(f"latents must be shaped {shape[1:]} or {shape}, got {tuple(np.shape(latents))}")
         x = noise * jnp.float32(self.schedule.init_noise_sigma)
 
-        use_cfg = max_guidance_scale > 1 and (num_inference_steps > 1 if do_classifier_free_guidance is None
+        # SF-V's generator (one step, or its refinement) is trained without guidance; SVD's Euler sampler guides.
+        guide_by_default = num_inference_steps > 1 and sampler == "euler"
+        use_cfg = max_guidance_scale > 1 and (guide_by_default if do_classifier_free_guidance is None
                                               else bool(do_classifier_free_guidance))
         guidance = guidance_ramp(min_guidance_scale, max_guidance_scale, num_frames, batch)
 

@@ -182,6 +182,19 @@ def test_pipelines_own_their_progress_hooks_and_a_bounded_program_cache(pipeline
     assert pipe_b.last_timings["image_encoder"]["compile_s"] > 0  # evicted, so compiled again
 
 
+def test_sfv_refinement_runs_without_guidance_by_default(pipelines):
+    """SF-V's 2-step refinement with the default arguments equals the same call with guidance off, and differs from
+    it with guidance forced on. Catches: diffusers' multi-step CFG rule applied to SF-V's sampler (it is trained
+    without guidance; max_guidance_scale defaults to 3)."""
+    _, pipe, _ = pipelines
+    image = random_image(64, 48, seed=6)
+    kwargs = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=2, output_type="latent",
+                  sampler="sfv")
+    default = pipe(image, **kwargs)
+    np.testing.assert_array_equal(default, pipe(image, do_classifier_free_guidance=False, **kwargs))
+    assert rel_err(default, pipe(image, do_classifier_free_guidance=True, **kwargs)) > 1e-3
+
+
 @pytest.mark.slow  # one more UNet compile per step count
 @pytest.mark.parametrize("steps", [1, 3])
 def test_sfv_sampler(pipelines, steps):
