@@ -21,8 +21,12 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.base-installed
 	$(BIN)/sfv-jax demo --config configs/tiny_sfv.py:micro --workdir demo_out --compilation-cache .jax_cache
 
+# Two pytest workers, one test file each at a time: most of the suite's time is XLA compiling, which runs on
+# one core. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -m "not slow" tests
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 test-slow: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m slow -s tests

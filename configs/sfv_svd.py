@@ -70,9 +70,23 @@ def add_run_sections(config: ml_collections.ConfigDict) -> None:
     config.keep_checkpoints = 3
     config.sample_every = 1000  # 0: no periodic samples
     config.max_consecutive_nonfinite = 10  # stop the run after this many skipped steps in a row
+    config.micro_batch_loop = "auto"  # auto | scan | unroll (sfv_jax.train.accumulate.micro_batch_loop)
+    config.eval = eval_section()
+
+
+def eval_section() -> ml_collections.ConfigDict:
+    """Held-out evaluation (sfv_jax.data.heldout): `eval_loss` in metrics.jsonl every `every` steps (0 = off)."""
+    return ml_collections.ConfigDict(dict(
+        every=0,
+        clips=8,  # the fixed held-out set (cut to a multiple of the batch devices)
+        path="",  # data.source=folder: a folder of held-out videos
+        tfds_split="test",  # data.source=tfds: the held-out split
+    ))
 
 
 def add_train_sections(config: ml_collections.ConfigDict) -> None:
+    """SF-V's objective (sfv_jax.train.objectives) and its sections."""
+    config.objective = "sfv"
     config.sfv = sfv_section()
     config.disc = disc_section()
     config.optim = optim_section()

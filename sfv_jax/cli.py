@@ -72,6 +72,8 @@ def _run_export(args):
     index = read_index(args.checkpoint)
     pipeline = index.get("extra", {}).get("pipeline")
     modules = load_checkpoint(args.checkpoint, raw=not args.ema)
+    if len(modules) == 1:
+        pipeline = None  # one model (e.g. a `vae` objective's workdir): a diffusers component folder
     step = train_state_step(args.checkpoint, index)
     if step is not None:
         print(f"{args.checkpoint}: step {step}, {'EMA' if args.ema else 'raw (--no-ema)'} generator weights")

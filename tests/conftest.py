@@ -36,11 +36,17 @@ _MEASURED: list[str] = []
 @pytest.fixture
 def measured(request):
     """measured(line): a number a test checked against its bound, printed in the run's closing summary
-    ("measured numbers"), so `make test` shows e.g. the worst sharded-vs-single leaf without -s."""
+    ("measured numbers"), so `make test` shows e.g. the worst sharded-vs-single leaf without -s. The lines travel
+    in the test report's user_properties, so they reach the summary from pytest-xdist workers too."""
     def record(line: str) -> None:
         print(line)
-        _MEASURED.append(f"{request.node.name}: {line}")
+        request.node.user_properties.append(("measured", f"{request.node.name}: {line}"))
     return record
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _MEASURED.extend(value for key, value in report.user_properties if key == "measured")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -16,10 +16,10 @@ from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
 
 # What issue 14 lists as "trains differently": every key under these must be guarded.
-MUST_GUARD = ("sfv", "optim", "disc", "seed", "data", "global_batch_size", "grad_accum_steps", "unet", "model",
-              "vae", "image_encoder")
+MUST_GUARD = ("objective", "sfv", "denoise", "vae_loss", "optim", "disc", "seed", "data", "global_batch_size",
+              "grad_accum_steps", "unet", "model", "vae", "image_encoder")
 FREE = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
-        "max_consecutive_nonfinite", "init_checkpoint", "mesh", "sharding")
+        "max_consecutive_nonfinite", "init_checkpoint", "mesh", "sharding", "eval", "micro_batch_loop")
 
 
 def micro() -> dict:
@@ -46,12 +46,26 @@ def set_key(tree: dict, dotted: str, value) -> None:
     tree[last] = value
 
 
-@pytest.mark.parametrize("file", ["configs/tiny_sfv.py:micro", "configs/sfv_svd.py"])
+@pytest.mark.parametrize("file", ["configs/tiny_sfv.py:micro", "configs/sfv_svd.py", "configs/toy.py:vae",
+                                  "configs/toy.py:teacher", "configs/toy.py:sfv", "configs/svd_finetune.py"])
 def test_every_top_level_key_is_either_guarded_or_a_run_setting(file):
     """Catches a config section added (or a guarded one dropped) without deciding whether a resume may change it."""
     keys = set(wd.config_to_dict(load_config(file, [])))
     assert set(config_diff.GUARDED) == set(MUST_GUARD)
-    assert keys == set(config_diff.GUARDED) | set(FREE), keys ^ (set(config_diff.GUARDED) | set(FREE))
+    assert keys <= set(config_diff.GUARDED) | set(FREE), keys - (set(config_diff.GUARDED) | set(FREE))
+    assert set(FREE) <= keys
+
+
+def test_a_changed_objective_is_a_change_and_old_workdirs_read_as_sfv(tmp_path):
+    """Catches a resume that silently continues an SF-V workdir as a denoise run, and a workdir written before
+    config.objective existed (no such key) that a current SF-V config could not resume."""
+    saved, current = micro(), micro()
+    current["objective"] = "denoise"
+    assert config_diff.config_changes(saved, current) == [("objective", "sfv", "denoise")]
+    del saved["objective"]
+    os.makedirs(tmp_path / "checkpoints")
+    wd.write_json_atomic(str(tmp_path / "config.json"), saved)
+    assert config_diff.resume_changes(str(tmp_path), micro(), reconfigure=False) == []
 
 
 def test_each_guarded_leaf_alone_is_reported_with_old_and_new_value():
@@ -59,7 +73,7 @@ def test_each_guarded_leaf_alone_is_reported_with_old_and_new_value():
     data.path, unet.block_out_channels), a comparison of whole sections that cannot name the key, and
     a report that swaps old and new."""
     saved = micro()
-    leaves = config_diff.flatten({k: saved[k] for k in MUST_GUARD})
+    leaves = config_diff.flatten({k: saved[k] for k in MUST_GUARD if k in saved})
     assert len(leaves) > 60  # every field of every guarded section, not just the top level
     for key, old in leaves.items():
         current = micro()

@@ -50,7 +50,7 @@ def rel_l2(a, b):
 
 def test_rows_are_the_encode_fn_of_each_clip_with_its_recorded_noise(cache):
     from sfv_jax.train.encode import make_encode_fn
-    from sfv_jax.train.init import initial_weights
+    from sfv_jax.train.objectives import make_objective
     from sfv_jax.train.state import SFVModels
 
     config = load_config(CONFIG, OVERRIDES)
@@ -60,7 +60,8 @@ def test_rows_are_the_encode_fn_of_each_clip_with_its_recorded_noise(cache):
     assert all(rows[k].dtype == np.float32 and np.isfinite(rows[k]).all() for k in KEYS)
     assert os.stat(cache).st_mode & 0o055  # readable by others (mkdtemp made it private)
     models = SFVModels(config)
-    encoders = initial_weights(config, models)[1]  # what a training run starts from, seed for seed
+    encoders = make_objective(config).initial_weights()[0]  # what a training run starts from, seed for seed
+    encoders = {name: encoders[name] for name in ("vae", "image_encoder")}
     encode = jax.jit(make_encode_fn(config, models))
     source, base = make_source(config.data), jax.random.PRNGKey(config.seed + 5)
     for i in (0, 3, 5):  # 5 sits in the padded last batch

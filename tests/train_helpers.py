@@ -79,3 +79,26 @@ def update_errors(init, a, b) -> list[tuple[float, str]]:
         rel = diff / norm_b if norm_b > 0 else (0.0 if diff == 0 else float("inf"))
         out.append((float(rel), jax.tree_util.keystr(path)))
     return sorted(out, reverse=True)
+
+
+# The toy stack's configs (configs/toy.py) at micro sizes: a one-block UNet, a two-level VAE, 3 frames. The
+# VAE keeps 2 channels per GroupNorm group: at 1 a resnet's conv1 bias (normalised away) gets no gradient, and
+# Adam turns its rounding noise into full-size updates that no two runs share.
+MICRO_TOY = ("unet.block_out_channels=(64,)", "unet.down_block_types=('CrossAttnDownBlockSpatioTemporal',)",
+             "unet.up_block_types=('CrossAttnUpBlockSpatioTemporal',)", "unet.num_attention_heads=(2,)",
+             "unet.num_frames=3", "vae.block_out_channels=(64, 64)",
+             "vae.down_block_types=('DownEncoderBlock2D', 'DownEncoderBlock2D')", "data.num_frames=3",
+             "data.height=32", "data.width=32", "global_batch_size=4", "grad_accum_steps=2", "log_every=1")
+
+
+def micro_toy_config(variant: str, *overrides: str):
+    """configs/toy.py:VARIANT at micro sizes (MICRO_TOY), with overrides."""
+    return load_config(f"configs/toy.py:{variant}", [*MICRO_TOY, *overrides])
+
+
+def synthetic_video_batch(config, first: int, count: int) -> dict:
+    """{"video": (count, T, H, W, 3) float32 in [-1, 1]}: the built-in moving-shapes videos first .. first+count-1."""
+    videos = SyntheticVideos(first + count, config.data.num_frames, config.data.height, config.data.width,
+                             seed=config.seed)
+    clips = np.stack([videos.video(i) for i in range(first, first + count)]).astype(np.float32) / 127.5 - 1.0
+    return {"video": jnp.asarray(clips)}

@@ -47,17 +47,12 @@ def parse_args(argv):
 
 
 def encoder_weights(config, models):
-    """The frozen {"vae", "image_encoder"} params training would start from, without loading the UNet."""
-    from sfv_jax.train.init import initial_weights
-    if not config.init_checkpoint:
-        return initial_weights(config, models)[1]  # random, seeded exactly as a training run seeds them
-    from sfv_jax.checkpoint import load_checkpoint
-    from sfv_jax.train.init import _check_shapes, _pure
-    modules = load_checkpoint(config.init_checkpoint, models.options, names=["vae", "image_encoder"])
-    encoders = {name: _pure(modules[name]) for name in ("vae", "image_encoder")}
-    for name, params in encoders.items():
-        _check_shapes(name, params, models.abstract_encoders[name], config.init_checkpoint, name)
-    return encoders
+    """The frozen {"vae", "image_encoder"} params training would start from (init_checkpoint's, or random seeded
+    exactly as a training run seeds them), without loading the UNet."""
+    from sfv_jax.train.objectives import make_objective
+    del models
+    weights, _, _ = make_objective(config).initial_weights(names=("vae", "image_encoder"))
+    return weights
 
 
 def make_row_encoder(config, models, num_devices: int):

@@ -21,8 +21,8 @@ import jax
 from sfv_jax.errors import ConfigError
 
 # Top-level config keys a resumed run must keep (a section name covers every key under it).
-GUARDED = ("seed", "global_batch_size", "grad_accum_steps", "data", "sfv", "optim", "disc",
-           "unet", "model", "vae", "image_encoder")
+GUARDED = ("objective", "seed", "global_batch_size", "grad_accum_steps", "data", "sfv", "denoise", "vae_loss",
+           "optim", "disc", "unet", "model", "vae", "image_encoder")
 RECONFIGURE_LOG = "reconfigure.log"
 _ABSENT = "<absent>"
 
@@ -66,7 +66,7 @@ def resume_changes(workdir: str, current: dict, reconfigure: bool) -> list[tuple
     """
     from sfv_jax.convert.weight_files import read_json_object
     from sfv_jax.train import workdir as wd
-    saved = read_json_object(os.path.join(workdir, wd.CONFIG))
+    saved = {"objective": "sfv", **read_json_object(os.path.join(workdir, wd.CONFIG))}  # runs before the field
     changes = config_changes(saved, current)
     if changes and not reconfigure:
         raise ConfigChangedError(
@@ -91,13 +91,10 @@ def record_reconfigure(workdir: str, current: dict, changes: list[tuple[str, Any
 
 
 def with_config_learning_rates(state, optim):
-    """`state` whose optimisers use optim.g_lr / optim.d_lr.
+    """`state` (SF-V's) whose optimisers use optim.g_lr / optim.d_lr (each objective's with_learning_rates).
 
     The learning rates live in the optimiser states (optax.inject_hyperparams), so a restored state
     keeps the old ones; a reconfigured run sets them from the config (same dtype and sharding).
     """
-    def set_lr(opt_state, lr):
-        old = opt_state.hyperparams["learning_rate"]
-        value = jax.device_put(jax.numpy.asarray(lr, old.dtype), old.sharding)
-        return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": value})
-    return state.replace(g_opt=set_lr(state.g_opt, optim.g_lr), d_opt=set_lr(state.d_opt, optim.d_lr))
+    from sfv_jax.train.objectives import SFVObjective
+    return SFVObjective.with_learning_rates(None, state, optim)

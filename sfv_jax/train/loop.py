@@ -28,12 +28,9 @@ from sfv_jax.parallel.sharding import jit_train_step, state_shardings
 from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
 from sfv_jax.train.checkpoints import TrainCheckpoints
-from sfv_jax.train.encode import make_encode_fn
-from sfv_jax.train.init import initial_weights
 from sfv_jax.train.metrics_log import MetricsLog
-from sfv_jax.train.samples import make_sample_fn, to_host
-from sfv_jax.train.state import SFVModels, abstract_state, init_state
-from sfv_jax.train.step import make_train_step
+from sfv_jax.train.objectives import make_objective, objective_name
+from sfv_jax.train.samples import to_host
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +95,33 @@ def _check_config(config) -> None:
     if config.global_batch_size % config.grad_accum_steps:
         raise SfvError(f"global_batch_size={config.global_batch_size} does not split into "
                        f"grad_accum_steps={config.grad_accum_steps} micro-batches")
-    if "vae" not in config or "image_encoder" not in config:
-        raise SfvError("this config has no vae / image_encoder sections; training needs them (to encode clips, "
-                       "for samples and for export)")
     if config.data.latents not in ("encode", "cache"):
         raise SfvError(f"data.latents={config.data.latents!r}: use 'encode' (VAE + CLIP on the fly) or 'cache' "
                        f"(data.latent_cache written by tools/encode_latents.py)")
+    if config.data.latents == "cache" and objective_name(config) != "sfv":
+        raise SfvError(f"data.latents='cache' serves objective 'sfv' only; objective {objective_name(config)!r} "
+                       f"encodes clips on the fly: set data.latents='encode'")
+
+
+def _eval_every(config) -> int:
+    return int(config.eval.every) if "eval" in config else 0
 
 
 def train(config, workdir: str, reconfigure: bool = False) -> int:
     """Trains until config.total_steps (or a stop signal); returns the last step reached.
 
-    Bad input (data source, config) fails before `workdir` is created or touched; so does resuming a
-    workdir with a changed objective, optimiser, model, data or seed, unless `reconfigure`
+    Bad input (data source, config, init_checkpoint) fails before `workdir` is created or touched; so does
+    resuming a workdir with a changed objective, optimiser, model, data or seed, unless `reconfigure`
     (sfv_jax.train.config_diff).
     """
     from sfv_jax.data import make_clip_iterator, make_latent_cache_iterator
+    from sfv_jax.data.heldout import heldout_clips
 
     _check_config(config)
     process, num_processes = jax.process_index(), jax.process_count()
     changes = []
-    if wd.is_workdir(workdir):
+    resuming = wd.is_workdir(workdir)
+    if resuming:
         changes = config_diff.resume_changes(workdir, wd.config_to_dict(config), reconfigure)
         if changes and process == 0:
             print(f"--reconfigure: {config_diff.format_changes(changes)}")
@@ -131,6 +134,10 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
     else:
         data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
                                   process_count=num_processes)
+    eval_every = _eval_every(config)
+    heldout = heldout_clips(config.data, config.eval, config.seed) if eval_every > 0 and not from_cache else None
+    if eval_every > 0 and from_cache and process == 0:
+        log.warning("no held-out evaluation from a latent cache (it holds no held-out clips)")
     mesh = make_mesh(config.mesh)
     batch_axes = _batch_axes(config.sharding.rules)
     batch_devices = int(np.prod([mesh.shape[a] for a in batch_axes if a in mesh.shape]))
@@ -139,23 +146,27 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         log.warning(warning)
 
     with jax.set_mesh(mesh):
-        models = SFVModels(config, activation_batch_axes=batch_axes)
-        abstract = abstract_state(models, with_encoders=True)
+        objective = make_objective(config, batch_axes)
+        abstract = objective.abstract_state()
         shardings = state_shardings(abstract, mesh, config.sharding)
+        encoder_shardings = objective.frozen_encoders(shardings)
         frames_sharding = NamedSharding(mesh, batch_spec(config.sharding.rules))
-        encode = make_encode_fn(config, models)
         local_batch = config.global_batch_size // num_processes
         frame_shape = (config.global_batch_size, config.data.num_frames, config.data.height, config.data.width, 3)
         if from_cache:
             abstract_batch = {k: jax.ShapeDtypeStruct(shape, np.float32)
                               for k, shape in data.global_batch_shapes().items()}
         else:
-            abstract_batch = jax.eval_shape(encode, abstract.encoders, jax.ShapeDtypeStruct(frame_shape, np.uint8),
-                                            jax.random.PRNGKey(0))
-        step_fn, _, batch_shardings = jit_train_step(make_train_step(config, models, batch_axes),
-                                                     abstract, abstract_batch, mesh, config.sharding)
-        encode_fn = jax.jit(encode, in_shardings=(shardings.encoders, frames_sharding, None),
+            abstract_batch = jax.eval_shape(objective.encode, objective.frozen_encoders(abstract),
+                                            jax.ShapeDtypeStruct(frame_shape, np.uint8), jax.random.PRNGKey(0))
+        step_fn, _, batch_shardings = jit_train_step(objective.step, abstract, abstract_batch, mesh, config.sharding)
+        encode_fn = jax.jit(objective.encode, in_shardings=(encoder_shardings, frames_sharding, None),
                             out_shardings=batch_shardings)
+        if not resuming:
+            # Read (and checked) before the workdir exists: a bad init_checkpoint leaves nothing behind.
+            weights, pipeline, origin = objective.initial_weights(shardings)
+            if config.init_checkpoint and process == 0:
+                print("initial weights: " + ", ".join(f"{name} from {where}" for name, where in origin.items()))
 
         if process == 0:
             os.makedirs(os.path.join(workdir, wd.SAMPLES), exist_ok=True)
@@ -168,29 +179,37 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
             data.set_state(position["iterator"])
             nonfinite_total = position.get("nonfinite_skipped", 0)
             if changes:
-                state = config_diff.with_config_learning_rates(state, config.optim)
+                state = objective.with_learning_rates(state, config.optim)
             if process == 0:
                 wd.truncate_metrics(os.path.join(workdir, wd.METRICS), start)
                 if changes:
                     config_diff.record_reconfigure(workdir, wd.config_to_dict(config), changes, start)
             print(f"resumed from step {start} ({checkpoints.directory}/{start})", flush=True)
         else:
-            g_params, encoders, pipeline = initial_weights(config, models, shardings)
-            init = jax.jit(lambda g, h, e: init_state(models, g, h, config.seed, e), out_shardings=shardings)
-            state = init(g_params, models.random_head_params(config.seed + 1), encoders)
+            if resuming:  # a workdir whose first start was stopped before its first checkpoint
+                weights, pipeline, _ = objective.initial_weights(shardings)
+            state = jax.jit(objective.init_state, out_shardings=shardings)(weights)
+            del weights
             start = 0
             if process == 0:
                 wd.write_json_atomic(os.path.join(workdir, wd.PIPELINE), pipeline)
                 wd.write_json_atomic(os.path.join(workdir, wd.CONFIG), wd.config_to_dict(config))
         if process == 0:
-            wd.write_checkpoint_index(workdir, config, models)  # the workdir reads as an sfv-jax checkpoint
+            wd.write_checkpoint_index(workdir, config, objective)  # the workdir reads as an sfv-jax checkpoint
         _sync("start")
 
         metrics_log = MetricsLog(os.path.join(workdir, wd.METRICS), os.path.join(workdir, wd.TENSORBOARD),
                                  enabled=process == 0)
-        sample_fn = jax.jit(make_sample_fn(config, models)) if config.sample_every > 0 and not from_cache else None
-        if config.sample_every > 0 and from_cache:
-            log.warning("no periodic samples from a latent cache (it holds no frames to condition on)")
+        sample_fn = None
+        if config.sample_every > 0 and objective.sample is not None and not from_cache:
+            sample_fn = jax.jit(objective.sample)
+        elif config.sample_every > 0 and process == 0:
+            log.warning("no periodic samples: %s", "a latent cache holds no frames to condition on" if from_cache
+                        else f"objective {objective.name!r} has nothing to sample")
+        eval_fn, eval_batch = None, None
+        if heldout is not None:
+            eval_fn = jax.jit(objective.eval_loss)
+            eval_batch = _encode_heldout(objective, state, heldout, frames_sharding, config)
         sample_frames = None
         step, consecutive_nonfinite, last_logged = start, 0, start
         last_saved = start
@@ -211,10 +230,12 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
                         frames = jax.make_array_from_process_local_data(frames_sharding, local, frame_shape)
                         if sample_fn is not None and sample_frames is None:
                             sample_frames = _first_frame_of_global_batch(local)
-                        batch = encode_fn(state.encoders, frames, jax.random.fold_in(encode_key, step))
+                        batch = encode_fn(objective.frozen_encoders(state), frames,
+                                          jax.random.fold_in(encode_key, step))
                     state, metrics = step_fn(state, batch)
                     step += 1
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    metrics.setdefault("loss", metrics.get("g_loss"))
                     bar.update(1)
                     if metrics["nonfinite"]:
                         nonfinite_total += 1
@@ -222,13 +243,17 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
                         log.warning("step %d: non-finite loss or gradients; update skipped", step)
                     else:
                         consecutive_nonfinite = 0
-                    if step % config.log_every == 0 or step == config.total_steps or consecutive_nonfinite:
+                    if eval_fn is not None and (step % eval_every == 0 or step == config.total_steps):
+                        metrics["eval_loss"] = float(eval_fn(state, eval_batch))
+                    if (step % config.log_every == 0 or step == config.total_steps or consecutive_nonfinite
+                            or "eval_loss" in metrics):
                         now = time.perf_counter()
                         rate = (step - last_logged) / max(now - tick, 1e-9)
                         tick, last_logged = now, step
                         metrics_log.write(step, {**metrics, "nonfinite_skipped": nonfinite_total,
                                                  "data_skipped": data.skipped, "steps_per_s": rate})
-                        bar.set_postfix(g_loss=f"{metrics['g_loss']:.4f}", d_loss=f"{metrics['d_loss']:.4f}")
+                        bar.set_postfix({k: f"{metrics[k]:.4f}" for k in (*objective.progress_keys, "eval_loss")
+                                         if k in metrics})
                     if consecutive_nonfinite >= config.max_consecutive_nonfinite:
                         raise TrainingError(
                             f"{consecutive_nonfinite} consecutive steps had non-finite losses or gradients "
@@ -258,9 +283,33 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
     return step
 
 
+def _encode_heldout(objective, state, heldout: np.ndarray, frames_sharding, config) -> dict:
+    """The held-out clips (N, T, H, W, 3) as one batch, encoded once with a fixed key (the same at every eval).
+
+    N is cut to a multiple of the batch devices' count and of the process count, so the batch shards evenly;
+    process p contributes rows [p N / P, (p + 1) N / P) (every process holds the whole held-out set).
+    """
+    mesh = frames_sharding.mesh
+    devices = int(np.prod([mesh.shape[a] for a in _batch_axes(config.sharding.rules) if a in mesh.shape]))
+    multiple = int(np.lcm(devices, jax.process_count()))
+    count = heldout.shape[0] // multiple * multiple
+    if count == 0:
+        raise SfvError(f"eval.clips={config.eval.clips} held-out clips do not fill one batch over {multiple} devices; "
+                       f"set eval.clips to a multiple of {multiple}")
+    per_process = count // jax.process_count()
+    first = jax.process_index() * per_process
+    frames = jax.make_array_from_process_local_data(frames_sharding, heldout[first:first + per_process],
+                                                    (count,) + heldout.shape[1:])
+    encoders = objective.frozen_encoders(state)
+    batch_sharding = jax.tree.map(lambda _: frames_sharding,
+                                  jax.eval_shape(objective.encode, encoders, frames, jax.random.PRNGKey(0)))
+    encode = jax.jit(objective.encode, out_shardings=batch_sharding)
+    return encode(encoders, frames, jax.random.PRNGKey(config.seed + 6))
+
+
 def _write_sample(sample_fn, state, first_frames, config, workdir: str, step: int, metrics_log: MetricsLog) -> None:
     from sfv_jax.video_io import write_video
-    clip = to_host(sample_fn(state.g_ema, state.encoders, first_frames, jax.random.PRNGKey(config.seed + 4)))[0]
+    clip = to_host(sample_fn(state, first_frames, jax.random.PRNGKey(config.seed + 4)))[0]
     if jax.process_index() == 0:
         path = os.path.join(workdir, wd.SAMPLES, f"step_{step:07d}.gif")
         write_video(clip, path, fps=config.sfv.fps)

@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfv_jax.diffusion.image_to_video import one_step_video
+from sfv_jax.diffusion import edm
+from sfv_jax.diffusion.image_to_video import decode, encode_condition, encode_image, micro_conditioning, one_step_video
+from sfv_jax.diffusion.sampler import euler_sample
 from sfv_jax.train.encode import frames_to_unit_range
 from sfv_jax.train.state import SFVModels
 
@@ -31,6 +33,30 @@ def make_sample_fn(config, models: SFVModels) -> Callable[[dict, dict, jax.Array
                                 key, config.data.num_frames, sfv.sigma_max, sfv.fps, sfv.motion_bucket_id,
                                 sfv.noise_aug_strength)
         return jnp.round(frames * 255).astype(jnp.uint8)
+
+    return sample
+
+
+def make_euler_sample_fn(config, models: SFVModels, num_steps: int
+                         ) -> Callable[[dict, dict, jax.Array, jax.Array], jax.Array]:
+    """sample(unet_params, encoders, first_frames, key) -> uint8 clips (B, T, H, W, 3), by SVD's Euler sampler
+    over `num_steps` Karras levels without guidance (the denoise objective's periodic samples)."""
+    sfv = config.sfv
+
+    def sample(unet_params, encoders, first_frames, key):
+        vae, unet = models.vae(encoders["vae"]), models.generator(unet_params)
+        images = frames_to_unit_range(first_frames)
+        batch, frames = images.shape[0], config.data.num_frames
+        aug_key, noise_key = jax.random.split(key)
+        image_latent = encode_condition(vae, images, jax.random.normal(aug_key, images.shape), sfv.noise_aug_strength)
+        image_latents = jnp.broadcast_to(image_latent[:, None], (batch, frames) + image_latent.shape[1:])
+        schedule = edm.NoiseSchedule(sigma_min=sfv.sigma_min, sigma_max=sfv.sigma_max, rho=sfv.rho)
+        latents = jax.random.normal(noise_key, image_latents.shape) * schedule.init_noise_sigma
+        x0 = euler_sample(unet, latents, jnp.asarray(schedule.sigmas(num_steps)), image_latents,
+                          encode_image(models.image_encoder(encoders["image_encoder"]), images),
+                          micro_conditioning(sfv.fps, sfv.motion_bucket_id, sfv.noise_aug_strength, batch))
+        clips = decode(vae, x0.reshape(batch * frames, *x0.shape[2:]), frames)
+        return jnp.round(clips.reshape(batch, frames, *clips.shape[1:]) * 255).astype(jnp.uint8)
 
     return sample
 

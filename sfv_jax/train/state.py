@@ -83,21 +83,22 @@ class SFVModels:
     ("data", "fsdp")) pins UNet activations to the batch sharding at block boundaries.
     """
 
-    def __init__(self, config, activation_batch_axes: tuple[str, ...] = ()):
+    def __init__(self, config, activation_batch_axes: tuple[str, ...] = (), with_discriminator: bool = True):
         self.unet_config = UNetConfig.from_dict(config.unet.to_dict())
         self.options = ModelOptions(**config.model.to_dict(), activation_batch_axes=activation_batch_axes)
-        self.head_config = HeadConfig.from_dict(config.disc.to_dict())
         g = AbstractModel(lambda rngs: UNetSpatioTemporalConditionModel(self.unet_config, self.options, rngs=rngs))
         self.g_graph, self.g_rest = g.graphdef, g.rest_state
-        d = nnx.eval_shape(lambda: SFVDiscriminator(self.unet_config, self.head_config, self.options,
-                                                    rngs=StaticRngs(0)))
-        self.d_graph, backbone, heads, self.d_rest = nnx.split(
-            d, nnx.All(nnx.Param, nnx.PathContains("backbone")), nnx.Param, ...)
         self.abstract_g = g.tree
-        self.abstract_backbone = nnx.to_pure_dict(backbone)
-        self.abstract_heads = nnx.to_pure_dict(heads)
-        self._head_metadata = param_metadata(heads)
         self._g_metadata = g.metadata()
+        if with_discriminator:  # the denoise objective trains the UNet alone
+            self.head_config = HeadConfig.from_dict(config.disc.to_dict())
+            d = nnx.eval_shape(lambda: SFVDiscriminator(self.unet_config, self.head_config, self.options,
+                                                        rngs=StaticRngs(0)))
+            self.d_graph, backbone, heads, self.d_rest = nnx.split(
+                d, nnx.All(nnx.Param, nnx.PathContains("backbone")), nnx.Param, ...)
+            self.abstract_backbone = nnx.to_pure_dict(backbone)
+            self.abstract_heads = nnx.to_pure_dict(heads)
+            self._head_metadata = param_metadata(heads)
         self.encoders = None
         if "vae" in config and "image_encoder" in config:
             # Frozen encoders compute in the model dtype but never need activation constraints or remat.
@@ -108,8 +109,11 @@ class SFVModels:
                 "vae": AbstractModel(lambda rngs: AutoencoderKLTemporalDecoder(vae_config, frozen, rngs=rngs)),
                 "image_encoder": AbstractModel(
                     lambda rngs: CLIPVisionModelWithProjection(clip_config, frozen, rngs=rngs))}
-        self.g_tx = make_optimizer(config.optim, config.optim.g_lr)
-        self.d_tx = make_optimizer(config.optim, config.optim.d_lr)
+        if with_discriminator:
+            self.g_tx = make_optimizer(config.optim, config.optim.g_lr)
+            self.d_tx = make_optimizer(config.optim, config.optim.d_lr)
+        else:  # one model, one learning rate
+            self.g_tx = make_optimizer(config.optim, config.optim.lr)
 
     def generator(self, g_params) -> UNetSpatioTemporalConditionModel:
         return nnx.merge(self.g_graph, g_params, self.g_rest)
@@ -134,12 +138,12 @@ class SFVModels:
     def abstract_encoders(self) -> dict | None:
         return None if self.encoders is None else {k: v.tree for k, v in self.encoders.items()}
 
-    def random_encoder_params(self, seed: int) -> dict | None:
-        """Torch-default random VAE and CLIP params (tiny runs; a real run loads SVD's)."""
+    def random_encoder_params(self, seed: int, names: tuple[str, ...] | None = None) -> dict | None:
+        """Torch-default random VAE (seed) and CLIP (seed + 1) params (tiny runs; a real run loads SVD's)."""
         if self.encoders is None:
             return None
         return {name: random_tree(model.tree, model.metadata(), seed + i)
-                for i, (name, model) in enumerate(self.encoders.items())}
+                for i, (name, model) in enumerate(self.encoders.items()) if names is None or name in names}
 
 
 def init_state(models: SFVModels, g_params, d_heads, seed: int, encoders=None) -> TrainState:

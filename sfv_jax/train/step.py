@@ -19,11 +19,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
 
 from sfv_jax.diffusion.edm import c_in, c_noise, denoise
 from sfv_jax.models.options import at_least_float32
-from sfv_jax.train import losses
+from sfv_jax.train import accumulate, losses
 from sfv_jax.train.noise import NoiseSampler
 from sfv_jax.train.state import SFVModels, TrainState
 
@@ -59,6 +58,7 @@ class SFVTrainStep:
         self.sfv = config.sfv
         self.models = models
         self.num_micro = config.grad_accum_steps
+        self.loop = accumulate.micro_batch_loop(config)
         self.ema_decay = config.optim.ema_decay
         self.batch_axes = batch_axes
         self.sampler = NoiseSampler.from_config(config.sfv)
@@ -119,14 +119,7 @@ class SFVTrainStep:
 
     def micro_batches(self, batch: dict) -> dict:
         """{key: (M, B / M, ...)}: micro-batch m holds rows m, m + M, ... (keeps the batch sharding)."""
-        def split(x):
-            if x.shape[0] % self.num_micro:
-                raise ValueError(f"batch of {x.shape[0]} does not split into {self.num_micro} micro-batches")
-            return x.reshape(x.shape[0] // self.num_micro, self.num_micro, *x.shape[1:]).swapaxes(0, 1)
-        micro = {k: split(batch[k]) for k in BATCH_KEYS}
-        if self.batch_axes is None:
-            return micro
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P(None, self.batch_axes)), micro)
+        return accumulate.micro_batches({k: batch[k] for k in BATCH_KEYS}, self.num_micro, self.batch_axes)
 
     def step_keys(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(the state's next rng, (M, 5, 2) keys of this step's micro-batches)."""
@@ -136,15 +129,7 @@ class SFVTrainStep:
 
     def _accumulate(self, loss_fn, params, xs):
         """Mean gradient and stacked (loss, aux) of loss_fn(params, *x) over the micro-batches in xs."""
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-        def body(acc, x):
-            (loss, aux), grads = grad_fn(params, *x)
-            return jax.tree.map(jnp.add, acc, grads), (loss, aux)
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, (loss, aux) = jax.lax.scan(body, zeros, xs)
-        return jax.tree.map(lambda g: g / self.num_micro, grads), loss, aux
+        return accumulate.mean_gradient(loss_fn, params, xs, self.num_micro, self.loop)
 
     # ------------------------------------------------------------------ the step
 

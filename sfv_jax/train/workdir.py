@@ -1,8 +1,9 @@
 """The layout of a training workdir, and reading a finished (or running) one back.
 
 WORKDIR/
-  sfv_jax.json       an sfv-jax checkpoint index whose weights are the latest train state's G (EMA, or raw), VAE and
-                     CLIP: SFVPipeline.from_pretrained(WORKDIR) and `sfv-jax export` read it (sfv_jax.checkpoint)
+  sfv_jax.json       an sfv-jax checkpoint index whose weights are the latest train state's models: G or the UNet
+                     (EMA, or raw), VAE and CLIP (objectives sfv and denoise), the VAE alone (objective vae);
+                     SFVPipeline.from_pretrained(WORKDIR) and `sfv-jax export` read it (sfv_jax.checkpoint)
   config.json        the run's full config (written at the first start; replaced by a --reconfigure resume)
   reconfigure.log    one line per --reconfigure resume: time, step, changed keys (sfv_jax.train.config_diff)
   pipeline.json      the weight-free pipeline files (scheduler, feature extractor, model index) to export with
@@ -33,16 +34,16 @@ def is_workdir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG)) and os.path.isdir(os.path.join(path, CHECKPOINTS))
 
 
-def write_checkpoint_index(workdir: str, config: ml_collections.ConfigDict, models) -> None:
-    """Writes WORKDIR/sfv_jax.json (see the layout above); `models` is the run's sfv_jax.train.state.SFVModels."""
+def write_checkpoint_index(workdir: str, config: ml_collections.ConfigDict, objective) -> None:
+    """Writes WORKDIR/sfv_jax.json (see the layout above) for the run's sfv_jax.train.objectives objective: the
+    models it trains or holds, each read from its tree of the latest train state."""
     from sfv_jax.checkpoint import write_train_state_index
-    modules = {"unet": models.generator(models.abstract_g), "vae": models.vae(models.abstract_encoders["vae"]),
-               "image_encoder": models.image_encoder(models.abstract_encoders["image_encoder"])}
+    modules, trees, raw_trees = objective.index()
     pipeline_path = os.path.join(workdir, PIPELINE)
     extra = {"pipeline": read_json_object(pipeline_path)} if os.path.isfile(pipeline_path) else {}
-    write_train_state_index(
-        workdir, modules, trees={"unet": "g_ema", "vae": "encoders.vae", "image_encoder": "encoders.image_encoder"},
-        raw_trees={"unet": "g_params"}, train_checkpoints=CHECKPOINTS, options=config.model.to_dict(), extra=extra)
+    extra["objective"] = objective.name
+    write_train_state_index(workdir, modules, trees=trees, raw_trees=raw_trees, train_checkpoints=CHECKPOINTS,
+                            options=config.model.to_dict(), extra=extra)
 
 
 def write_json_atomic(path: str, value: dict) -> None:

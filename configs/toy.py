@@ -1,0 +1,103 @@
+"""The toy SVD stack trained on this repository's synthetic moving shapes: a VAE, a teacher, an SF-V student.
+
+Variants (sfv_jax.train.objectives), chained by init_checkpoint (README "Toy SVD stack"):
+  configs/toy.py:vae      objective vae: the temporal VAE (encoder + temporal decoder) from random weights.
+  configs/toy.py:teacher  objective denoise: SVD's image-to-video diffusion objective; VAE from the vae run
+                          (--config.init_checkpoint=VAE_WORKDIR), UNet and CLIP random (CLIP stays frozen).
+  configs/toy.py:sfv      objective sfv: SF-V's adversarial fine-tuning of the teacher
+                          (--config.init_checkpoint=TEACHER_WORKDIR).
+The models are SVD's architecture at reduced widths, every block type kept (four UNet levels with spatio-temporal
+resnets, cross-attention and temporal transformers; the VAE's four encoder levels and temporal decoder). Every
+GroupNorm (32 groups, as in SVD) sees at least 2 channels: at 1 channel per group each channel is normalised
+alone, which erases the time embedding the UNet's resnets add before their second norm (a teacher blind to the
+noise level cannot denoise).
+"""
+
+import ml_collections
+
+from configs import sfv_svd, svd_finetune, svd_xt
+
+VARIANTS = ("vae", "teacher", "sfv")
+NUM_FRAMES, SIZE = 8, 64
+
+
+def unet_config() -> ml_collections.ConfigDict:
+    config = svd_xt.unet_config(num_frames=NUM_FRAMES)
+    config.sample_size = SIZE // 8
+    config.block_out_channels = (64, 64, 128, 128)
+    config.num_attention_heads = (2, 2, 4, 4)
+    config.layers_per_block = 1
+    config.cross_attention_dim = 64
+    config.addition_time_embed_dim = 16
+    config.projection_class_embeddings_input_dim = 48  # 3 added time ids x addition_time_embed_dim
+    return config
+
+
+def vae_config() -> ml_collections.ConfigDict:
+    config = svd_xt.vae_config()
+    config.block_out_channels = (64, 64, 128, 128)
+    config.layers_per_block = 1
+    config.sample_size = SIZE
+    # The toy VAE is trained with a KL weight that keeps its latents near unit variance, so the UNet sees them
+    # unscaled (data.latent_scale below must equal this).
+    config.scaling_factor = 1.0
+    return config
+
+
+def image_encoder_config() -> ml_collections.ConfigDict:
+    """A 2-layer ViT (frozen, random): it only has to tell first frames apart."""
+    config = svd_xt.image_encoder_config()
+    config.hidden_size = 64
+    config.intermediate_size = 128
+    config.projection_dim = 64  # = the UNet's cross_attention_dim
+    config.num_hidden_layers = 2
+    config.num_attention_heads = 4
+    return config
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: use configs/toy.py:{' | configs/toy.py:'.join(VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.unet = unet_config()
+    config.vae = vae_config()
+    config.image_encoder = image_encoder_config()
+    config.model = svd_xt.model_options()
+    config.data = sfv_svd.data_section(num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
+    config.data.num_synthetic = 2048
+    config.data.latent_scale = config.vae.scaling_factor
+    config.global_batch_size = 8
+    config.grad_accum_steps = 1
+    sfv_svd.add_train_sections(config)  # objective sfv with its sections; the other variants replace them
+    sfv_svd.add_run_sections(config)
+    config.log_every = 10
+    config.checkpoint_every = 100
+    config.sample_every = 0
+    config.eval.every = 50
+    config.eval.clips = 16
+    config.sfv.noise_aug_strength = 0.02
+    if variant == "vae":
+        config.objective = "vae"
+        config.vae_loss = svd_finetune.vae_loss_section(decoder_only=False)
+        # The VAE is convolutional, so 32x32 windows (one per clip, shared by its frames) teach it what whole
+        # frames need at a fraction of the step time on this 2-core machine (BENCHMARKS.md "Toy SVD stack");
+        # eval_loss still reconstructs whole 64x64 frames.
+        config.vae_loss.crop = 32
+        config.global_batch_size = 4
+        config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)
+        config.total_steps = 1500
+        del config.sfv, config.disc
+    elif variant == "teacher":
+        config.objective = "denoise"
+        config.denoise = svd_finetune.denoise_section()
+        config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)
+        config.total_steps = 2000
+        del config.disc
+    else:
+        config.sfv.r1_mode = "approx"  # [ours] the exact double backward doubles the step's compile time
+        config.disc.proj_dim = 64
+        config.disc.cond_embed_dim = 64
+        config.total_steps = 1000
+    config.lock()
+    return config
