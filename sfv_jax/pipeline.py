@@ -14,6 +14,10 @@ behaviour there (diffusers guides at one step too when max_guidance_scale > 1).
 Every stage (sfv_jax.diffusion.image_to_video.STAGES) is one jitted program, compiled ahead of time once per
 input shape and kept in the pipeline's own bounded cache; `self.last_timings` holds per-stage compile and run
 seconds of the last call, `self.last_compiled` each stage's compiled program (its cost analysis, memory).
+
+Batch sharding: `pipe.shard_batch(devices)` replicates the weights over `devices` and splits every call's batch
+of images over them (the batch a multiple of the device count); each stage then compiles once to one SPMD program,
+and the same seed gives the same clips as on one device (up to float summation order).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sfv_jax.diffusion import edm
 from sfv_jax.diffusion import image_to_video as i2v
@@ -138,6 +143,31 @@ class SFVPipeline:
         self.last_compiled: dict[str, Any] = {}
         self._compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self._progress = ProgressHooks()
+        self.mesh: jax.sharding.Mesh | None = None
+
+    def shard_batch(self, devices: Sequence[jax.Device] | None = None) -> "SFVPipeline":
+        """Splits every call's batch over `devices` (default: this process's devices), weights replicated.
+
+        Returns self. Calls then need a number of images divisible by len(devices)."""
+        devices = list(jax.local_devices() if devices is None else devices)
+        if not devices:
+            raise SfvError("shard_batch needs at least one device")
+        self.mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                                  devices=devices)
+        replicated = NamedSharding(self.mesh, P())
+        self._split = {name: (graphdef, jax.device_put(state, replicated))
+                       for name, (graphdef, state) in self._split.items()}
+        self._compiled.clear()
+        return self
+
+    def _on_batch(self, x, axis: int = 0):
+        """x with its `axis` (the clip batch) split over the mesh's devices; x unchanged without a mesh."""
+        if self.mesh is None:
+            return x
+        return jax.device_put(x, NamedSharding(self.mesh, P(*([None] * axis), "data")))
+
+    def _replicated(self, x):
+        return x if self.mesh is None else jax.device_put(x, NamedSharding(self.mesh, P()))
 
     # ------------------------------------------------------------ loading
 
@@ -150,6 +180,9 @@ class SFVPipeline:
         from sfv_jax.checkpoint import load_checkpoint, read_index
         index = read_index(path)
         missing = [n for n in COMPONENTS if n not in index.get("components", {})]
+        if missing and index.get("extra", {}).get("objective") == "vae":
+            raise CheckpointError(f"{path}: is a VAE training workdir (objective vae), not a pipeline; start a teacher "
+                                  f"from it (configs/toy.py:teacher --config.init_checkpoint={path}) or export its VAE")
         if missing:
             raise CheckpointError(f"{path}: holds {sorted(index.get('components', {}))} but a pipeline needs "
                                   f"{', '.join(COMPONENTS)}; convert a whole pipeline folder with "
@@ -236,19 +269,22 @@ class SFVPipeline:
         num_frames = self.unet.config.num_frames if num_frames is None else int(num_frames)
         self._check(num_frames, height, width, num_inference_steps, decode_chunk_size, output_type, sampler)
         batch = len(images)
+        if self.mesh is not None and batch % self.mesh.size:
+            raise SfvError(f"{batch} images do not split over the pipeline's {self.mesh.size} devices: pass a "
+                           f"multiple of {self.mesh.size} images (or pad the batch)")
         self.last_timings, self.last_compiled = {}, {}
         key_aug, key_latents, key_renoise = jax.random.split(jax.random.key(seed), 3)
 
         # 1. CLIP on the original image.
-        embeds = self._run("image_encoder", _encode_image, (), jnp.asarray(_to_array(images)))
+        embeds = self._run("image_encoder", _encode_image, (), self._on_batch(jnp.asarray(_to_array(images))))
 
         # 2-3. conditioning frame: resize, noise augmentation (drawn before the latents), VAE mode.
-        cond = jnp.asarray(_to_array(_resize(images, height, width)))
-        aug_noise = jax.random.normal(key_aug, cond.shape, jnp.float32)
+        cond = self._on_batch(jnp.asarray(_to_array(_resize(images, height, width))))
+        aug_noise = self._on_batch(jax.random.normal(key_aug, cond.shape, jnp.float32))
         image_latents = self._run("vae_encode", _encode_vae, (), cond, aug_noise, jnp.float32(noise_aug_strength))
         image_latents = jnp.repeat(image_latents[:, None], num_frames, axis=1)
 
-        time_ids = i2v.micro_conditioning(fps, motion_bucket_id, noise_aug_strength, batch)
+        time_ids = self._on_batch(i2v.micro_conditioning(fps, motion_bucket_id, noise_aug_strength, batch))
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         shape = (batch, num_frames, h, w, self.unet.config.out_channels)
         if latents is None:
@@ -258,13 +294,13 @@ class SFVPipeline:
             noise = noise[None] if noise.ndim == 4 else noise
             if noise.shape != shape:
                 raise SfvError(f"latents must be shaped {shape[1:]} or {shape}, got {tuple(np.shape(latents))}")
-        x = noise * jnp.float32(self.schedule.init_noise_sigma)
+        x = self._on_batch(noise) * jnp.float32(self.schedule.init_noise_sigma)
 
         # SF-V's generator (one step, or its refinement) is trained without guidance; SVD's Euler sampler guides.
         guide_by_default = num_inference_steps > 1 and sampler == "euler"
         use_cfg = max_guidance_scale > 1 and (guide_by_default if do_classifier_free_guidance is None
                                               else bool(do_classifier_free_guidance))
-        guidance = guidance_ramp(min_guidance_scale, max_guidance_scale, num_frames, batch)
+        guidance = self._on_batch(guidance_ramp(min_guidance_scale, max_guidance_scale, num_frames, batch))
 
         # 4. the sampler: one compiled program over all steps.
         if progress is not None:
@@ -272,12 +308,13 @@ class SFVPipeline:
         try:
             if sampler == "euler":
                 # Padded schedule + traced step count: one compiled sampler for every step count up to 31.
-                sigmas = jnp.asarray(pad_sigmas(self.schedule.sigmas(num_inference_steps)))
+                sigmas = self._replicated(jnp.asarray(pad_sigmas(self.schedule.sigmas(num_inference_steps))))
                 x = self._run("unet", _sample_euler, (use_cfg, self._progress), x, sigmas,
                               jnp.int32(num_inference_steps), image_latents, embeds, time_ids, guidance)
             else:
-                levels = jnp.asarray(sfv_levels(num_inference_steps, self.schedule))
-                renoise = jax.random.normal(key_renoise, (num_inference_steps - 1, *shape), jnp.float32)
+                levels = self._replicated(jnp.asarray(sfv_levels(num_inference_steps, self.schedule)))
+                renoise = self._on_batch(jax.random.normal(key_renoise, (num_inference_steps - 1, *shape),
+                                                           jnp.float32), axis=1)
                 x = self._run("unet", _sample_sfv, (use_cfg,), x, levels, renoise, image_latents, embeds,
                               time_ids, guidance)
         finally:

@@ -1,9 +1,10 @@
 """`sfv-jax eval generate`: the paper's protocol for the fake set. The first frame of each real clip conditions
 one generated clip; clips are written as videos in a folder (or one .npz) that `sfv-jax eval fvd` reads.
 
-Generation is batched: every call of the pipeline gets `--batch-size` images (a short last batch is padded by
-repeating its last image, the extra clips dropped), so each stage compiles once. Batch k uses seed
-`--seed + k`, so a run is reproducible for a given batch size.
+Generation is batched and sharded: every call of the pipeline gets `--batch-size` images (a short last batch is
+padded by repeating its last image, the extra clips dropped), split over `--devices` devices (default: all of this
+process's; the batch size is rounded up to a multiple of them), so each stage compiles once, to one SPMD program.
+Batch k uses seed `--seed + k`, so a run is reproducible for a given batch size, on any number of devices.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def add_generate_parser(commands) -> None:
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the UNet's)")
     p.add_argument("--height", type=int, default=None, help="clip height (default: the real frames'; a multiple of 8)")
     p.add_argument("--width", type=int, default=None, help="clip width (default: the real frames'; a multiple of 8)")
-    p.add_argument("--batch-size", type=int, default=4, help="clips per pipeline call")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="clips per pipeline call (rounded up to a multiple of --devices)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="split each batch over this process's first N devices (default: all of them)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N real clips")
     p.add_argument("--fps", type=int, default=7, help="SVD's fps conditioning, and the written videos' frame rate")
     p.add_argument("--motion-bucket-id", type=int, default=127)
@@ -70,6 +74,18 @@ def generate_clips(pipe, images: np.ndarray, batch_size: int, seed: int = 0, pro
             progress(real)
 
 
+def generation_devices(count: int | None) -> list:
+    """This process's first `count` devices (all of them for None)."""
+    import jax
+
+    devices = jax.local_devices()
+    if count is None:
+        return devices
+    if not 1 <= count <= len(devices):
+        raise SfvError(f"--devices {count}: this process has {len(devices)} device(s); pass 1 to {len(devices)}")
+    return devices[:count]
+
+
 def run_generate(args) -> None:
     from tqdm import tqdm
 
@@ -81,16 +97,18 @@ def run_generate(args) -> None:
     refuse_existing(args.out)
     if args.steps < 1 or args.batch_size < 1:
         raise SfvError(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
+    devices = generation_devices(args.devices)
+    batch_size = -(-args.batch_size // len(devices)) * len(devices)
     images = first_frames(args.images, args.limit, args.tfds_data_dir)
     height = args.height or images.shape[1]
     width = args.width or images.shape[2]
-    pipe = SFVPipeline.from_pretrained(args.checkpoint)
+    pipe = SFVPipeline.from_pretrained(args.checkpoint).shard_batch(devices)
     call = dict(num_frames=args.num_frames, height=height, width=width, num_inference_steps=args.steps,
                 fps=args.fps, motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
                 min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance,
                 decode_chunk_size=args.decode_chunk_size)
     with tqdm(total=len(images), desc="generate", unit="clip", disable=not sys.stderr.isatty()) as bar:
-        clips = generate_clips(pipe, images, args.batch_size, args.seed, bar.update, **call)
+        clips = generate_clips(pipe, images, batch_size, args.seed, bar.update, **call)
         if to_npz:
             array = np.stack(list(clips))
             write_file_atomically(args.out, lambda tmp: np.savez(tmp, videos=array))
