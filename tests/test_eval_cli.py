@@ -185,3 +185,52 @@ def test_generate_splits_each_batch_over_devices(tiny_checkpoint, tmp_path, caps
     fails(["eval", "generate", "--checkpoint", tiny_checkpoint, "--images", str(tmp_path / "real.npz"),
            "--devices", "1000", "--out", str(tmp_path / "many")], capsys, "--devices 1000", "device")
     assert not os.path.exists(tmp_path / "many")
+
+
+def test_eval_toy_scores_generated_clips_against_heldout_ones(tiny_checkpoint, weights_file, tmp_path, capsys):
+    """`eval toy` = generate from held-out first frames + FVD + motion report, recomputed here step by step:
+    catches clips generated from the wrong first frames or seeds, a held-out set drawn from the training stream,
+    frames stretched for I3D in one set only (or not at all: 4-frame clips are too short for I3D), and --real-stats
+    reused under other settings (one-line error, exit 2)."""
+    import json
+
+    from sfv_jax.data.synthetic import SyntheticVideos
+    from sfv_jax.eval.motion import motion_report
+    from sfv_jax.eval.protocol import I3DFeatures
+    from sfv_jax.eval.stats import frechet_distance
+    from sfv_jax.eval.toy import heldout_synthetic, i3d_frame_repeat
+    from sfv_jax.eval.generate import generate_clips
+    from sfv_jax.pipeline import SFVPipeline
+
+    stats, out = str(tmp_path / "real_stats.npz"), str(tmp_path / "toy.json")
+    argv = ["eval", "toy", "--checkpoint", tiny_checkpoint, "--steps", "1", "--num-clips", "3", "--batch-size", "2",
+            "--seed", "4", "--i3d-weights", weights_file, "--real-stats", stats]
+    assert main(argv + ["--json", out]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    with open(out) as f:
+        result = json.load(f)
+    assert result == printed
+    # the micro UNet's 4 frames (its default) are stretched x3 to reach I3D's 9
+    assert result["clip_shape"] == [4, 64, 64, 3] and result["i3d_frame_repeat"] == 3 == i3d_frame_repeat(4)
+    assert result["seconds_per_clip"] > 0 and 0 < result["unet_seconds_per_clip"] <= result["seconds_per_clip"]
+
+    real = heldout_synthetic(3, 4, 64, 64, seed=4)
+    assert not any(np.array_equal(real[0], SyntheticVideos(64, 4, 64, 64, seed=s).video(0)) for s in (0, 4))
+    pipe = SFVPipeline.from_pretrained(tiny_checkpoint)
+    fake = np.stack(list(generate_clips(pipe, real[:, 0], 2, 4, num_frames=4, height=64, width=64,
+                                        num_inference_steps=1)))
+    extractor = I3DFeatures(batch_size=2, weights=weights_file)
+    f_real, f_fake = (extractor(np.repeat(x, 3, axis=1)) for x in (real, fake))
+    expected = frechet_distance(f_real.mean(0), np.cov(f_real, rowvar=False), f_fake.mean(0),
+                                np.cov(f_fake, rowvar=False))
+    assert abs(result["fvd"] - expected) <= 1e-6 * max(1.0, abs(expected)), (result["fvd"], expected)
+    motion = motion_report(fake, real)
+    assert result["motion_coherent_share"] == motion["coherent_share"]
+    assert result["speed_distance"] == motion["speed_wasserstein_px_per_frame"]
+
+    assert main(argv) == 0  # the saved held-out statistics are reused: the same FVD
+    assert json.loads(capsys.readouterr().out)["fvd"] == pytest.approx(result["fvd"], rel=1e-9)
+    fails(["eval", "toy", "--checkpoint", tiny_checkpoint, "--num-clips", "4", "--i3d-weights", weights_file,
+           "--real-stats", stats], capsys, stats, "another protocol", "heldout_clips")
+    fails(["eval", "toy", "--checkpoint", tiny_checkpoint, "--sampler", "sfv", "--steps", "5"], capsys,
+          "--sampler sfv", "1 to 3")

@@ -104,6 +104,22 @@ class ArraySet:
             yield f"{self.name}[{i}]", clip
 
 
+class MemorySet:
+    """Clips already in memory: uint8 (N, T, H, W, 3), under a name for messages."""
+
+    def __init__(self, array: np.ndarray, name: str):
+        if array.dtype != np.uint8 or array.ndim != 5 or array.shape[-1] != 3:
+            raise VideoSetError(f"{name}: holds {array.dtype} {array.shape}; expected uint8 (N, T, H, W, 3)")
+        self.name, self.array = name, array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def clips(self) -> Iterator[tuple[str, np.ndarray]]:
+        for i, clip in enumerate(self.array):
+            yield f"{self.name}[{i}]", clip
+
+
 class TfdsSet:
     """Examples of a prepared TFDS video dataset: `tfds:NAME[:SPLIT]` (default split: train)."""
 
