@@ -26,7 +26,8 @@ def sfv_section() -> ml_collections.ConfigDict:
 def disc_section() -> ml_collections.ConfigDict:
     """sfv_jax.models.discriminator.HeadConfig [ours]."""
     return ml_collections.ConfigDict(dict(hidden_channels=0, num_groups=32, proj_dim=256, out_kernel=1,
-                                          leaky_slope=0.2, cond_embed_dim=256, norm_eps=1e-5))
+                                          leaky_slope=0.2, cond_embed_dim=256, norm_eps=1e-5,
+                                          heads="spatial,temporal"))  # or "spatial" / "temporal": the ablation
 
 
 def optim_section() -> ml_collections.ConfigDict:

@@ -54,6 +54,37 @@ def test_discriminator_has_encoder_backbone_and_eight_heads():
         assert [o.shape for o in out[kind]] == [(2, config.data.num_frames, h, w) for h, w in sizes]
 
 
+@pytest.mark.parametrize("family", ["spatial", "temporal"])
+def test_one_head_family_alone_is_the_full_discriminators_heads_of_that_family(tiny, family):
+    """disc.heads='spatial' or 'temporal' (the paper's head ablation): the discriminator holds the 4 heads of that
+    family and none of the other, their logits equal the full discriminator's heads of that family with the same
+    weights, and the hinge and generator losses average those 4 heads only; any other value is refused naming
+    the choices. Catches: an ablation that keeps the other family (or zeroes its logits, which would still count
+    in the mean over heads), heads of the kept family built at other levels or with other weights."""
+    from sfv_jax.train import losses
+
+    config, models, state, batch = tiny
+    ablated = SFVModels(load_config("configs/tiny_sfv.py", [f"disc.heads={family}"]))
+    kept, dropped = f"{family}_heads", ("temporal_heads" if family == "spatial" else "spatial_heads")
+    assert len(ablated.abstract_heads[kept]) == 4 and dropped not in ablated.abstract_heads
+    heads = {kept: state.d_heads[kept]}
+    run = lambda m, h: m.discriminator(state.backbone, h)(batch["latents"], jnp.asarray([0.4, 2.0]),
+                                                          batch["image_latent"], batch["clip"], batch["added_time_ids"])
+    full, alone = run(models, state.d_heads), run(ablated, heads)
+    assert alone[dropped.split("_")[0]] == [] and len(alone[family]) == 4
+    for a, b in zip(full[family], alone[family]):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(a))))
+    fake = jax.tree.map(lambda x: 0.5 - x, alone)
+    relu = lambda x: np.maximum(np.asarray(x, np.float64), 0.0)
+    hinge = np.mean([relu(1 - r).mean() + relu(1 + f).mean() for r, f in zip(alone[family], fake[family])])
+    np.testing.assert_allclose(losses.hinge_d_loss(alone, fake), hinge, rtol=1e-5)
+    np.testing.assert_allclose(losses.generator_adv_loss(fake), np.mean([-np.mean(f) for f in fake[family]]),
+                               rtol=1e-5, atol=1e-7)
+    assert set(losses.head_means(alone)) == {family}
+    with pytest.raises(ValueError, match="disc.heads='both'.*'spatial,temporal'"):
+        SFVModels(load_config("configs/tiny_sfv.py", ["disc.heads=both"]))
+
+
 def test_backbone_at_init_equals_diffusers_unet_encoder(tmp_path, measured):
     """The discriminator built by init_state from converted SVD weights: its 4 feature maps equal the outputs of
     diffusers' UNet down blocks (forward hooks) on the same inputs, rel L2 <= 1e-4 each (9x13 latent, 3 frames).

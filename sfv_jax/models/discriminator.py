@@ -27,6 +27,9 @@ from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
 from sfv_jax.models.unet_config import UNetConfig
 
 
+HEAD_FAMILIES = ("spatial", "temporal")
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """Discriminator head hyper-parameters [ours: the paper shows the heads only in a figure].
@@ -39,6 +42,7 @@ class HeadConfig:
       leaky_slope: LeakyReLU negative slope.
       cond_embed_dim: width of the sinusoidal embeddings of c_noise(sigma') and of the frame index.
       norm_eps: GroupNorm epsilon.
+      heads: which head families exist: "spatial,temporal" (SF-V), or one of them alone (the paper's ablation).
     """
 
     hidden_channels: int = 0
@@ -48,10 +52,19 @@ class HeadConfig:
     leaky_slope: float = 0.2
     cond_embed_dim: int = 256
     norm_eps: float = 1e-5
+    heads: str = "spatial,temporal"
 
     @classmethod
     def from_dict(cls, config) -> "HeadConfig":
         return cls(**dict(config))
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The head families, from `heads`; ValueError naming the choices for anything else."""
+        families = tuple(sorted({f.strip() for f in self.heads.split(",") if f.strip()}))
+        if not families or not set(families) <= set(HEAD_FAMILIES):
+            raise ValueError(f"disc.heads={self.heads!r}: use 'spatial,temporal' (SF-V), 'spatial' or 'temporal'")
+        return families
 
 
 class ConditionEmbedding(nnx.Module):
@@ -100,14 +113,20 @@ class ProjectionHead(nnx.Module):
 
 
 class SFVDiscriminator(nnx.Module):
-    """Frozen UNet encoder (`backbone`) plus `spatial_heads` and `temporal_heads`, one of each per down block."""
+    """Frozen UNet encoder (`backbone`) plus `spatial_heads` and `temporal_heads`, one of each per down block.
+
+    With head.heads naming one family only (the paper's ablation), the other family's list is empty and its
+    logits are an empty list; the spatial heads are built first, so a spatial-only discriminator's heads equal a
+    full one's for the same rngs.
+    """
 
     def __init__(self, unet_config: UNetConfig, head: HeadConfig, options: ModelOptions = ModelOptions(), *,
                  rngs: nnx.Rngs):
         self.backbone = UNetSpatioTemporalConditionModel(unet_config, options, rngs=rngs, encoder_only=True)
         clip_dim = unet_config.per_block("cross_attention_dim")[0]
-        channels = unet_config.block_out_channels
+        channels = unet_config.block_out_channels if "spatial" in head.families else ()
         self.spatial_heads = nnx.List([ProjectionHead(c, clip_dim, head, 2, options, rngs) for c in channels])
+        channels = unet_config.block_out_channels if "temporal" in head.families else ()
         self.temporal_heads = nnx.List([ProjectionHead(c, clip_dim, head, 1, options, rngs) for c in channels])
 
     def backbone_features(self, noisy: jax.Array, sigma: jax.Array, image_latent: jax.Array, clip: jax.Array,
@@ -123,18 +142,23 @@ class SFVDiscriminator(nnx.Module):
 
     def head_logits(self, feats: list[jax.Array], c_noise: jax.Array, clip: jax.Array,
                     num_frames: int) -> dict[str, list[jax.Array]]:
-        """The 8 heads on the backbone's feature maps (each (B*T, h_i, w_i, C_i)); c_noise (B,), clip (B, 1, D).
+        """The heads (8, or 4 of one family) on the backbone's feature maps (each (B*T, h_i, w_i, C_i));
+        c_noise (B,), clip (B, 1, D).
 
-        Returns {"spatial": [4 x (B, T, h_i, w_i)], "temporal": [4 x (B, T, h_i, w_i)]} per-position logits.
+        Returns {"spatial": [4 x (B, T, h_i, w_i)], "temporal": [4 x (B, T, h_i, w_i)]} per-position logits (an
+        empty list for a family the discriminator does not have).
         """
         out = {"spatial": [], "temporal": []}
-        for feat, s_head, t_head in zip(feats, self.spatial_heads, self.temporal_heads):
-            _, h, w, c = feat.shape
+        for feat, s_head in zip(feats, self.spatial_heads):
+            _, h, w, _ = feat.shape
             batch = feat.shape[0] // num_frames
             # Spatial: every frame is a sample; cond of (b, t) broadcast over its pixels.
             phi = s_head.features(feat).reshape(batch, num_frames, h, w, -1)
             cond = s_head.embed(clip, c_noise, num_frames)[:, :, None, None, :]
             out["spatial"].append(s_head.logits(phi, cond))
+        for feat, t_head in zip(feats, self.temporal_heads):
+            _, h, w, c = feat.shape
+            batch = feat.shape[0] // num_frames
             # Temporal: every pixel's time series is a sample; cond of frame t at time position t.
             series = feat.reshape(batch, num_frames, h, w, c).transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)
             phi = t_head.features(series).reshape(batch, h, w, num_frames, -1).transpose(0, 3, 1, 2, 4)

@@ -1,7 +1,8 @@
 """SF-V's losses (docs/method.md section 4).
 
 Discriminator outputs are {"spatial": [per-position logits], "temporal": [...]}, each (B, T, h_i, w_i).
-Each head's loss averages its per-position terms; the total is the mean over the 8 heads [ours].
+Each head's loss averages its per-position terms; the total is the mean over the heads [ours] (8; 4 where
+disc.heads keeps one family, the paper's ablation).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def generator_adv_loss(fake: dict) -> jax.Array:
 
 
 def head_means(logits: dict) -> dict[str, jax.Array]:
-    """Mean logit per head type: {"spatial": scalar, "temporal": scalar}."""
-    return {kind: jnp.mean(jnp.stack([jnp.mean(x) for x in logits[kind]])) for kind in ("spatial", "temporal")}
+    """Mean logit per head type present: {"spatial": scalar, "temporal": scalar} (a family with no heads left out)."""
+    return {kind: jnp.mean(jnp.stack([jnp.mean(x) for x in logits[kind]])) for kind in ("spatial", "temporal")
+            if logits[kind]}
 
 
 def score(logits: dict) -> jax.Array:

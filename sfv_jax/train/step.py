@@ -111,8 +111,8 @@ class SFVTrainStep:
         r1 = losses.r1_penalty(score, real_in, self.sfv.r1_mode, key, self.sfv.r1_approx_sigma,
                                score_x=losses.score(real))
         means_real, means_fake = losses.head_means(real), losses.head_means(fake)
-        aux = dict(hinge=hinge, r1=r1, d_real_spatial=means_real["spatial"], d_real_temporal=means_real["temporal"],
-                   d_fake_spatial=means_fake["spatial"], d_fake_temporal=means_fake["temporal"])
+        aux = dict(hinge=hinge, r1=r1, **{f"d_real_{kind}": m for kind, m in means_real.items()},
+                   **{f"d_fake_{kind}": m for kind, m in means_fake.items()})
         return hinge + self.sfv.r1_gamma * r1, aux
 
     # ------------------------------------------------------------------ batch plumbing
@@ -167,8 +167,9 @@ class SFVTrainStep:
         # Checked here (one fused reduction) so the loop never writes a checkpoint holding NaN or inf.
         state_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
             (new_state.g_params, new_state.g_ema, new_state.d_heads)) if jnp.issubdtype(x.dtype, jnp.inexact)]))
-        metrics = {k: jnp.mean(aux[k]) for k in ("g_loss", "d_loss", "recon", "g_adv", "hinge", "r1", "d_real_spatial",
-                                                  "d_real_temporal", "d_fake_spatial", "d_fake_temporal")}
+        # d_{real,fake}_{spatial,temporal}: the mean logits of each head family the discriminator has
+        metrics = {k: jnp.mean(v) for k, v in aux.items()
+                   if k in ("g_loss", "d_loss", "recon", "g_adv", "hinge", "r1") or k.startswith(("d_real_", "d_fake_"))}
         metrics.update(
             g_grad_norm=optax.global_norm(grads["g"]), d_grad_norm=optax.global_norm(grads["d"]),
             sigma_g_mean=jnp.mean(aux["sigma"]), sigma_d_mean=jnp.mean(aux["sigma_d"]),
