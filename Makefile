@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned in pyproject.toml; pip picks the CPU wheel from the local disk when present.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench clean toy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,22 @@ test: $(VENV)/.test-installed
 
 test-slow: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m slow -s tests
+
+# The toy reproduction (README "Toy SVD stack"): VAE -> teacher -> SF-V student and its two one-head ablations
+# -> the evaluation table. Each stage resumes its workdir if interrupted (a finished one restores and stops).
+TOY ?= runs/toy
+TOY_TRAIN := $(BIN)/sfv-jax train --compilation-cache .jax_cache
+
+toy: $(VENV)/.test-installed
+	$(TOY_TRAIN) --config configs/toy.py:vae --workdir $(TOY)/vae
+	$(TOY_TRAIN) --config configs/toy.py:teacher --workdir $(TOY)/teacher --config.init_checkpoint=$(TOY)/vae
+	$(TOY_TRAIN) --config configs/toy.py:sfv --workdir $(TOY)/student --config.init_checkpoint=$(TOY)/teacher
+	$(TOY_TRAIN) --config configs/toy.py:sfv --workdir $(TOY)/student_spatial \
+	    --config.init_checkpoint=$(TOY)/teacher --config.disc.heads=spatial
+	$(TOY_TRAIN) --config configs/toy.py:sfv --workdir $(TOY)/student_temporal \
+	    --config.init_checkpoint=$(TOY)/teacher --config.disc.heads=temporal
+	$(BIN)/python tools/toy_table.py --teacher $(TOY)/teacher --student $(TOY)/student \
+	    --student-spatial $(TOY)/student_spatial --student-temporal $(TOY)/student_temporal --out $(TOY)/table
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info demo_out .jax_cache

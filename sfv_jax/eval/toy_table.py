@@ -1,0 +1,98 @@
+"""The toy reproduction's table (SF-V's Table 1 at toy scale): which rows, the goals, and the markdown.
+
+Every row is one `sfv-jax eval toy` result (eval/toy.py) on the same held-out clips and seed. The goals are the
+toy issue's, checked as stated and reported met or not, never loosened:
+  1. the student at 1 step within 10% of the teacher at 25 steps, on FVD and on the motion report's coherent
+     share (each compared in its worse direction: FVD may be at most 1.1x, the share at least 0.9x);
+  2. the teacher at 1 step at least 2x worse (FVD) than the student at 1 step;
+  3. the two-head student better (lower FVD) than each one-head ablation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One table row: which model (a key of the checkpoints given), how many steps, which sampler."""
+
+    name: str
+    model: str  # "teacher" | "student" | "student_spatial" | "student_temporal"
+    steps: int
+    sampler: str  # "euler" (SVD's, with CFG above one step) | "sfv" (SF-V's refinement)
+
+
+ROWS = (
+    *(Row(f"teacher, {n} step{'s' if n > 1 else ''} (Euler + CFG)", "teacher", n, "euler")
+      for n in (25, 16, 8, 4, 2, 1)),
+    Row("student, 1 step", "student", 1, "sfv"),
+    Row("student, 2 steps (SF-V refinement)", "student", 2, "sfv"),
+    Row("student, 3 steps (SF-V refinement)", "student", 3, "sfv"),
+    Row("student, spatial heads only, 1 step", "student_spatial", 1, "sfv"),
+    Row("student, temporal heads only, 1 step", "student_temporal", 1, "sfv"),
+)
+
+
+def rows_for(models: set[str]) -> list[Row]:
+    """The rows whose model was given."""
+    return [row for row in ROWS if row.model in models]
+
+
+def _get(results: dict, model: str, steps: int) -> dict | None:
+    return results.get((model, steps))
+
+
+def goals(results: dict) -> list[dict]:
+    """Each goal: {"goal", "met" (True / False / None where a row is missing), "detail"}.
+
+    results: {(model, steps): eval toy JSON dict}.
+    """
+    out = []
+    teacher25, student1, teacher1 = (_get(results, m, n) for m, n in (("teacher", 25), ("student", 1),
+                                                                      ("teacher", 1)))
+    if teacher25 and student1:
+        fvd_ratio = student1["fvd"] / teacher25["fvd"]
+        share_t, share_s = teacher25["motion_coherent_share"], student1["motion_coherent_share"]
+        share_ratio = share_s / share_t if share_t else float("inf") if share_s else 1.0
+        met = fvd_ratio <= 1.1 and share_ratio >= 0.9
+        detail = (f"FVD {student1['fvd']:.1f} vs {teacher25['fvd']:.1f} ({fvd_ratio:.2f}x, goal <= 1.10x); coherent "
+                  f"share {share_s:.1%} vs {share_t:.1%} ({share_ratio:.2f}x, goal >= 0.90x)")
+    else:
+        met, detail = None, "needs the teacher at 25 steps and the student at 1 step"
+    out.append({"goal": "student at 1 step within 10% of the teacher at 25 steps", "met": met, "detail": detail})
+    if teacher1 and student1:
+        ratio = teacher1["fvd"] / student1["fvd"]
+        met, detail = ratio >= 2.0, f"FVD {teacher1['fvd']:.1f} vs {student1['fvd']:.1f} ({ratio:.2f}x, goal >= 2x)"
+    else:
+        met, detail = None, "needs the teacher and the student at 1 step"
+    out.append({"goal": "teacher at 1 step at least 2x worse than the student at 1 step", "met": met,
+                "detail": detail})
+    ablations = [(name, _get(results, model, 1)) for name, model in (("spatial only", "student_spatial"),
+                                                                      ("temporal only", "student_temporal"))]
+    if student1 and all(a for _, a in ablations):
+        met = all(student1["fvd"] < a["fvd"] for _, a in ablations)
+        detail = "; ".join(f"{name} FVD {a['fvd']:.1f}" for name, a in ablations) + f"; both heads {student1['fvd']:.1f}"
+    else:
+        met, detail = None, "needs the student and both one-head ablations at 1 step"
+    out.append({"goal": "two-head student better than each one-head ablation", "met": met, "detail": detail})
+    return out
+
+
+def markdown(results: dict, settings: str) -> str:
+    """The table and the goals as markdown (BENCHMARKS.md and the model cards)."""
+    lines = [settings, "",
+             "| model | FVD | coherent motion | speed distance (px/frame) | UNet s/clip | end-to-end s/clip |",
+             "|---|---|---|---|---|---|"]
+    for row in ROWS:
+        r = _get(results, row.model, row.steps)
+        if r is None:
+            continue
+        speed = "n/a" if r["speed_distance"] is None else f"{r['speed_distance']:.3f}"
+        lines.append(f"| {row.name} | {r['fvd']:.1f} | {r['motion_coherent_share']:.1%} | {speed} | "
+                     f"{r['unet_seconds_per_clip']:.3f} | {r['seconds_per_clip']:.3f} |")
+    lines += ["", "| goal | met | measured |", "|---|---|---|"]
+    for g in goals(results):
+        met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
+        lines.append(f"| {g['goal']} | {met} | {g['detail']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,44 @@
+"""The toy table's goals (sfv_jax/eval/toy_table.py) judged from row results: pure Python, no models."""
+
+from __future__ import annotations
+
+from sfv_jax.eval.toy_table import ROWS, goals, markdown, rows_for
+
+
+def result(fvd, share=0.9, speed=0.1):
+    return {"fvd": fvd, "motion_coherent_share": share, "speed_distance": speed, "seconds_per_clip": 0.5,
+            "unet_seconds_per_clip": 0.1}
+
+
+def table(student1=100.0, teacher25=95.0, teacher1=400.0, spatial=150.0, temporal=160.0, share_s=0.9, share_t=0.9):
+    return {("teacher", 25): result(teacher25, share_t), ("teacher", 1): result(teacher1),
+            ("student", 1): result(student1, share_s), ("student_spatial", 1): result(spatial),
+            ("student_temporal", 1): result(temporal)}
+
+
+def test_goals_are_judged_as_stated_and_never_met_by_a_missing_row():
+    """Catches a goal compared in the wrong direction (a student WORSE than the teacher by more than 10% passing,
+    a lower share passing), a 2x goal read as 1x, an ablation goal that needs beating only one ablation, and a
+    missing row counted as met."""
+    met = lambda t: [g["met"] for g in goals(t)]
+    assert met(table()) == [True, True, True]
+    assert met(table(student1=104.0, teacher25=95.0))[0] is True  # 1.095x FVD: within 10%
+    assert met(table(student1=105.0, teacher25=95.0))[0] is False  # 1.105x
+    assert met(table(share_s=0.80, share_t=0.9))[0] is False  # the share fell by 11%
+    assert met(table(student1=80.0, teacher25=95.0, share_s=1.0))[0] is True  # better than the teacher is fine
+    assert met(table(teacher1=199.0))[1] is False and met(table(teacher1=200.0))[1] is True
+    assert met(table(spatial=150.0, temporal=90.0))[2] is False
+    partial = {k: v for k, v in table().items() if k != ("student_temporal", 1)}
+    assert met(partial) == [True, True, None]
+    assert [g["met"] for g in goals({})] == [None, None, None]
+
+
+def test_markdown_lists_the_rows_given_and_says_which_goals_are_not_met():
+    """Catches rows dropped or invented and an unmet goal printed as met."""
+    text = markdown(table(teacher1=150.0), "settings line")
+    assert text.startswith("settings line\n")
+    assert "| teacher, 25 steps (Euler + CFG) | 95.0 | 90.0% |" in text
+    assert "teacher, 16 steps" not in text  # no result for it
+    assert "| teacher at 1 step at least 2x worse than the student at 1 step | **no** |" in text
+    assert [r.model for r in rows_for({"teacher"})] == ["teacher"] * 6
+    assert len(ROWS) == 11

@@ -1,0 +1,71 @@
+"""The toy reproduction's evaluation table: every row of sfv_jax/eval/toy_table.py scored by `sfv-jax eval toy`
+on the same held-out clips, then the table and its goals as markdown.
+
+    python tools/toy_table.py --teacher runs/toy/teacher --student runs/toy/student \
+        [--student-spatial runs/toy/student_spatial --student-temporal runs/toy/student_temporal] \
+        --num-clips 256 --seed 0 --out runs/toy/table
+
+Each row's JSON lands in OUT/rows/ as it finishes and is reused on a rerun (an interrupted table resumes);
+the held-out set's I3D statistics are computed once (OUT/real_stats.npz). Writes OUT/table.md and OUT/table.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from sfv_jax.eval.toy_table import markdown, rows_for
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True, metavar="CKPT_OR_WORKDIR")
+    parser.add_argument("--student", required=True, metavar="CKPT_OR_WORKDIR")
+    parser.add_argument("--student-spatial", metavar="CKPT_OR_WORKDIR", help="the spatial-heads-only student")
+    parser.add_argument("--student-temporal", metavar="CKPT_OR_WORKDIR", help="the temporal-heads-only student")
+    parser.add_argument("--num-clips", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", required=True, metavar="DIR")
+    args = parser.parse_args()
+
+    checkpoints = {"teacher": args.teacher, "student": args.student, "student_spatial": args.student_spatial,
+                   "student_temporal": args.student_temporal}
+    checkpoints = {k: v for k, v in checkpoints.items() if v}
+    for name, path in checkpoints.items():
+        if not os.path.exists(path):
+            print(f"toy_table: error: --{name.replace('_', '-')} {path}: no such checkpoint or workdir", file=sys.stderr)
+            return 2
+    os.makedirs(os.path.join(args.out, "rows"), exist_ok=True)
+    results = {}
+    for row in rows_for(set(checkpoints)):
+        path = os.path.join(args.out, "rows", f"{row.model}_{row.steps}.json")
+        if not os.path.exists(path):
+            print(f"== {row.name}", flush=True)
+            # One process per row: each compiles its own sampler, and an interrupted table loses one row at most.
+            code = subprocess.call([sys.executable, "-m", "sfv_jax", "eval", "toy", "--checkpoint",
+                                    checkpoints[row.model], "--steps", str(row.steps), "--sampler", row.sampler,
+                                    "--num-clips", str(args.num_clips), "--seed", str(args.seed),
+                                    "--batch-size", str(args.batch_size),
+                                    "--real-stats", os.path.join(args.out, "real_stats.npz"), "--json", path],
+                                   stdout=subprocess.DEVNULL)
+            if code:
+                return code
+        with open(path) as f:
+            results[(row.model, row.steps)] = json.load(f)
+    settings = (f"{args.num_clips} held-out synthetic clips (seed {args.seed}), teacher {args.teacher}, "
+                f"student {args.student}")
+    text = markdown(results, settings)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, "table.json"), "w") as f:
+        json.dump({f"{m}_{n}": r for (m, n), r in results.items()}, f, indent=2)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
