@@ -39,12 +39,23 @@ class TrainingError(SfvError):
     """The run cannot go on (e.g. too many consecutive non-finite steps)."""
 
 
+# The host looks at the metrics (and, on multi-host, agrees on stopping) on logging, evaluation, sampling and
+# checkpoint steps only, and at least every MAX_PENDING_STEPS steps: between those the loop only dispatches.
+MAX_PENDING_STEPS = 100
+
+
 class _StopSignal:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then saves and exits)."""
+    """Turns SIGTERM / SIGINT into a flag the loop checks when the host looks at a step (then saves and exits).
+
+    One process: after the step during which the signal came. Several: all processes agree (one all-gather) on
+    the steps where the host looks anyway (logging, evaluation, sampling, checkpoints, every MAX_PENDING_STEPS),
+    so a signal is acted on within log_every steps and no step pays a collective for it.
+    """
 
     def __init__(self):
         self.received = None
         self._previous = {}
+        self.local_only = jax.process_count() == 1
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -212,6 +223,7 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
             eval_batch = _encode_heldout(objective, state, heldout, frames_sharding, config)
         sample_frames = None
         step, consecutive_nonfinite, last_logged = start, 0, start
+        pending = []  # (step, metrics still on the device) since the host last looked
         last_saved = start
         encode_key = jax.random.PRNGKey(config.seed + 3)
         bar = tqdm(total=config.total_steps, initial=start, unit="step", disable=process != 0, dynamic_ncols=True)
@@ -232,37 +244,56 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
                             sample_frames = _first_frame_of_global_batch(local)
                         batch = encode_fn(objective.frozen_encoders(state), frames,
                                           jax.random.fold_in(encode_key, step))
-                    state, metrics = step_fn(state, batch)
+                    state, device_metrics = step_fn(state, batch)
                     step += 1
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    metrics.setdefault("loss", metrics.get("g_loss"))
                     bar.update(1)
-                    if metrics["nonfinite"]:
-                        nonfinite_total += 1
-                        consecutive_nonfinite += 1
-                        log.warning("step %d: non-finite loss or gradients; update skipped", step)
-                    else:
-                        consecutive_nonfinite = 0
-                    if eval_fn is not None and (step % eval_every == 0 or step == config.total_steps):
-                        metrics["eval_loss"] = float(eval_fn(state, eval_batch))
-                    if (step % config.log_every == 0 or step == config.total_steps or consecutive_nonfinite
-                            or "eval_loss" in metrics):
-                        now = time.perf_counter()
-                        rate = (step - last_logged) / max(now - tick, 1e-9)
-                        tick, last_logged = now, step
-                        metrics_log.write(step, {**metrics, "nonfinite_skipped": nonfinite_total,
-                                                 "data_skipped": data.skipped, "steps_per_s": rate})
-                        bar.set_postfix({k: f"{metrics[k]:.4f}" for k in (*objective.progress_keys, "eval_loss")
-                                         if k in metrics})
-                    if consecutive_nonfinite >= config.max_consecutive_nonfinite:
-                        raise TrainingError(
-                            f"{consecutive_nonfinite} consecutive steps had non-finite losses or gradients "
-                            f"(last: step {step}); the last good checkpoint ({last_saved}) is intact; lower the "
-                            f"learning rate or check the data")
+                    pending.append((step, device_metrics))
+                    eval_now = eval_fn is not None and (step % eval_every == 0 or step == config.total_steps)
+                    sample_now = sample_fn is not None and step % config.sample_every == 0
+                    save_now = step % config.checkpoint_every == 0 or step == config.total_steps
+                    host_now = (step % config.log_every == 0 or save_now or eval_now or sample_now
+                                or len(pending) >= MAX_PENDING_STEPS)
+                    if not host_now:
+                        # No transfer and no collective: the host goes on dispatching steps. A signal on a
+                        # single process is seen at once (it only needs a local flag); see _StopSignal.
+                        if stop.local_only and stop.received is not None:
+                            host_now = True
+                        else:
+                            continue
+                    # Metrics of every step since the last visit, in one transfer.
+                    fetched = jax.device_get([m for _, m in pending])
+                    for i, ((at, _), values) in enumerate(zip(pending, fetched)):
+                        current = i == len(pending) - 1
+                        metrics = {k: float(v) for k, v in values.items()}
+                        metrics.setdefault("loss", metrics.get("g_loss"))
+                        if metrics["nonfinite"]:
+                            nonfinite_total += 1
+                            consecutive_nonfinite += 1
+                            log.warning("step %d: non-finite loss or gradients; update skipped", at)
+                        else:
+                            consecutive_nonfinite = 0
+                        if current and eval_now:
+                            metrics["eval_loss"] = float(eval_fn(state, eval_batch))
+                        if (at % config.log_every == 0 or at == config.total_steps or consecutive_nonfinite
+                                or "eval_loss" in metrics):
+                            row = {**metrics, "nonfinite_skipped": nonfinite_total, "data_skipped": data.skipped}
+                            if current:  # an earlier step's row (a non-finite one) has no time of its own
+                                now = time.perf_counter()
+                                row["steps_per_s"] = (at - last_logged) / max(now - tick, 1e-9)
+                                tick, last_logged = now, at
+                            metrics_log.write(at, row)
+                            bar.set_postfix({k: f"{metrics[k]:.4f}" for k in (*objective.progress_keys, "eval_loss")
+                                             if k in metrics})
+                        if consecutive_nonfinite >= config.max_consecutive_nonfinite:
+                            raise TrainingError(
+                                f"{consecutive_nonfinite} consecutive steps had non-finite losses or gradients "
+                                f"(last: step {at}); the last good checkpoint ({last_saved}) is intact; lower the "
+                                f"learning rate or check the data")
+                    pending = []
                     if sample_fn is not None and step % config.sample_every == 0:
                         _write_sample(sample_fn, state, sample_frames, config, workdir, step, metrics_log)
                     interrupted = stop.agreed()
-                    if step % config.checkpoint_every == 0 or step == config.total_steps or interrupted:
+                    if save_now or interrupted:
                         checkpoints.save(step, state, {"iterator": data.get_state(),
                                                        "nonfinite_skipped": nonfinite_total},
                                          state_finite=bool(metrics["state_finite"]))
