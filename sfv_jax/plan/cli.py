@@ -56,7 +56,7 @@ def run_plan(args, extra: list[str]) -> None:
         warnings = plan_compile.check_batch(config, mesh)
         print(f"compiling the {config.get('objective', 'sfv')} train step for {topology.name} "
               f"({len(topology.devices)} devices)...", file=sys.stderr, flush=True)
-        programs, state_bytes = plan_compile.plan_train(config, topology, mesh)
+        programs, state_bytes, lower_s = plan_compile.plan_train(config, topology, mesh)
         mesh_sizes = dict(mesh.shape)
         shapes = {"global_batch": config.global_batch_size, "grad_accum_steps": config.grad_accum_steps,
                   "frames": config.data.num_frames, "height": config.data.height, "width": config.data.width}
@@ -66,13 +66,14 @@ def run_plan(args, extra: list[str]) -> None:
         num_frames = args.num_frames or config.data.num_frames
         print(f"compiling one-step generation ({num_frames}x{height}x{width}, one clip per device) for "
               f"{topology.name}...", file=sys.stderr, flush=True)
-        programs = plan_compile.plan_sample(config, topology, height, width, num_frames)
+        programs, lower_s = plan_compile.plan_sample(config, topology, height, width, num_frames)
         state_bytes, warnings = None, []
         mesh_sizes = {"data": len(topology.devices)}
         shapes = {"clips": len(topology.devices), "frames": num_frames, "height": height, "width": width}
     plan = Plan(program=args.program, config=spec, topology=topology.name, platform=topology.platform,
                 devices=len(topology.devices), hosts=topology.hosts, mesh=mesh_sizes, chip=topology.chip,
-                state_bytes=state_bytes, programs=programs, warnings=warnings, shapes=shapes)
+                state_bytes=state_bytes, programs=programs, warnings=warnings, shapes=shapes,
+                lower_s=lower_s)
     print(format_plan(plan))
     if args.json:
         write_json(plan, args.json)

@@ -84,7 +84,8 @@ def state_bytes(abstract_state, shardings) -> dict[str, int]:
 
 
 def figures(name: str, compiled, seconds: float) -> ProgramFigures:
-    """memory_analysis() and cost_analysis() of one compiled program (None where the backend reports nothing)."""
+    """memory_analysis() and cost_analysis() of one compiled program (None where the backend reports nothing), and
+    the seconds XLA took to compile it."""
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):  # older jax: one dict per device program
@@ -104,7 +105,8 @@ def _compile(name: str, lowered) -> ProgramFigures:
 
 
 def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh):
-    """([train_step figures], per-device state bytes by group) of config's real train step on `mesh`."""
+    """([train_step figures], per-device state bytes by group, seconds to trace and lower) of config's real train
+    step on `mesh`."""
     from sfv_jax.models.conv_paths import target_platform
     from sfv_jax.parallel.sharding import jit_train_step
     with jax.set_mesh(mesh), target_platform(topology.platform):
@@ -112,14 +114,14 @@ def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh):
         step, shardings, _ = jit_train_step(objective.step, state, batch, mesh, config.sharding)
         start = time.perf_counter()
         lowered = step.lower(state, batch)
-        trace_s = time.perf_counter() - start
+        lower_s = time.perf_counter() - start
         program = _compile("train_step", lowered)
-    program = dataclasses.replace(program, compile_s=program.compile_s + trace_s)
-    return [program], state_bytes(state, shardings)
+    return [program], state_bytes(state, shardings), lower_s
 
 
 def plan_sample(config, topology: Topology, height: int, width: int, num_frames: int):
-    """[unet, vae_decode figures] of SF-V's one-step generation, one clip per device, weights replicated."""
+    """([unet, vae_decode figures], seconds to trace and lower both) of SF-V's one-step generation, one clip per
+    device, weights replicated."""
     from flax import nnx
 
     from sfv_jax.models.conv_paths import target_platform
@@ -143,6 +145,8 @@ def plan_sample(config, topology: Topology, height: int, width: int, num_frames:
                                                               rngs=StaticRngs(0)))
     devices = list(topology.devices)
     mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    start = time.perf_counter()
     with target_platform(topology.platform):
         lowered = lower_one_step(unet, vae, len(devices), num_frames, height, width, mesh)
-        return [_compile(name, program) for name, program in lowered.items()]
+    lower_s = time.perf_counter() - start
+    return [_compile(name, program) for name, program in lowered.items()], lower_s

@@ -18,7 +18,7 @@ MIB = 2 ** 20
 
 @dataclasses.dataclass(frozen=True)
 class ProgramFigures:
-    """One compiled program, per device: XLA's buffer sizes (bytes) and FLOP count; seconds to trace + compile."""
+    """One compiled program, per device: XLA's buffer sizes (bytes) and FLOP count; seconds XLA took to compile it."""
 
     name: str
     argument_bytes: int | None
@@ -52,6 +52,7 @@ class Plan:
       programs: each compiled program's figures.
       warnings: lines the training loop would also log (e.g. micro-batches that do not split over the batch axes).
       shapes: what the program consumes (global batch, frames, height, width).
+      lower_s: seconds to trace and lower the programs (Python and JAX; XLA's compile is each program's compile_s).
     """
 
     program: str
@@ -66,6 +67,7 @@ class Plan:
     programs: list
     warnings: list
     shapes: dict
+    lower_s: float
 
     @property
     def peak_bytes(self) -> int | None:
@@ -110,14 +112,16 @@ def format_plan(plan: Plan) -> str:
     mesh = " x ".join(f"{k}={v}" for k, v in plan.mesh.items())
     shapes = ", ".join(f"{k} {v}" for k, v in plan.shapes.items())
     lines = [f"sfv-jax plan: {plan.program} program of {plan.config}",
-             f"target: {plan.topology} ({plan.platform}, {plan.devices} devices, {plan.hosts} host(s)); mesh {mesh}",
-             f"shapes: {shapes}", "", "per device:"]
+             f"target: {plan.topology} ({plan.platform}, {plan.devices} device(s), {plan.hosts} host(s)); mesh {mesh}",
+             f"shapes: {shapes}",
+             f"traced and lowered in {plan.lower_s:.1f} s; XLA compile "
+             + ", ".join(f"{p.name} {p.compile_s:.1f} s" for p in plan.programs), "", "per device:"]
     if plan.state_bytes is not None:
         for group, label in (("params", "parameters (trained + EMA)"), ("optimizer", "optimiser state"),
                              ("frozen", "frozen weights"), ("other", "other state")):
             lines.append(f"  {label:<28}{_mib(plan.state_bytes[group]):>16}")
     for p in plan.programs:
-        lines.append(f"  [{p.name}] compiled in {p.compile_s:.1f} s")
+        lines.append(f"  [{p.name}]")
         for label, value in (("argument", p.argument_bytes), ("output", p.output_bytes), ("alias (donated)",
                              p.alias_bytes), ("temporary", p.temp_bytes), ("total (arg+out-alias+temp)",
                              p.total_bytes)):
