@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -40,8 +41,6 @@ def run_plan(args, extra: list[str]) -> None:
     jax.config.update("jax_platforms", "cpu")
     from sfv_jax.compilation_cache import enable_compilation_cache
     from sfv_jax.config import load_config, split_overrides
-    from sfv_jax.plan import compile as plan_compile
-    from sfv_jax.plan.report import Plan, format_plan, write_json
     from sfv_jax.plan.topology import parse_topology
 
     overrides = split_overrides(extra)
@@ -49,7 +48,33 @@ def run_plan(args, extra: list[str]) -> None:
         raise SfvError(f"--json {args.json} is a directory; give a file path")
     config = load_config(args.config, overrides)
     topology = parse_topology(args.topology)
-    enable_compilation_cache(args.compilation_cache)
+    cache = enable_compilation_cache(args.compilation_cache)
+    if args.compilation_cache and topology.platform == "tpu":
+        print(f"note: --compilation-cache is not used for TPU topologies: JAX cannot read back a program compiled "
+              f"without a TPU (it would only write {cache})", file=sys.stderr)
+    with _persistent_cache(enabled=topology.platform != "tpu"):
+        _plan(args, config, overrides, topology)
+
+
+@contextlib.contextmanager
+def _persistent_cache(enabled: bool):
+    """JAX's persistent compilation cache on or off for the block, restored after (tests run plans in-process).
+
+    Off for TPU targets: a compile-only TPU executable is written to the cache but reading it back fails ("PjRtCompiler
+    must be constructed with a Client to call Deserialize", jax 0.10.2 + libtpu 0.0.42.1) with a warning each time.
+    """
+    import jax
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", before and enabled)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+
+
+def _plan(args, config, overrides, topology) -> None:
+    from sfv_jax.plan import compile as plan_compile
+    from sfv_jax.plan.report import Plan, format_plan, write_json
     spec = " ".join([args.config, *(f"--config.{o}" for o in overrides)])
     if args.program == "train":
         mesh = plan_compile.build_mesh(config, topology)
