@@ -1,9 +1,10 @@
 """`sfv-jax plan`: the real train step (and the one-step sampler) compiled ahead of time for a topology.
 
-One TPU plan (v5p:2x2x2: 8 chips on 2 hosts, compile-only devices from libtpu) and one CPU plan (cpu:8, 8 fake host
-devices in a subprocess) of the micro config on the same mesh (data 2 x fsdp 2 x tensor 2) are compiled once each
-(module fixtures) and checked against each other and against the abstract state. The TPU tests skip only where
-libtpu is not installed. Everything TPU runs in this process: libtpu is loaded once per process.
+The default suite compiles the micro config's train step once for a TPU slice (v5p:2x2x2: 8 chips on 2 hosts,
+compile-only devices from libtpu; ~115 s of one core) and checks it against the abstract state; a cpu:8 plan (8 fake
+host devices in a subprocess, started first so it overlaps) plans the one-step sampler, which compiles in seconds.
+The same train step compiled for cpu:8, to compare FLOPs with the TPU program, is a second ~60-160 s compile: `slow`.
+The TPU tests skip only where libtpu is not installed. TPU plans run in this process (libtpu loads once).
 """
 
 from __future__ import annotations
@@ -35,16 +36,26 @@ def plan_in_process(tmp_path, *args) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.fixture(scope="module")
-def cpu_run(tmp_path_factory):
-    """cpu:8 started in a subprocess (JAX fixes the device count at import), with its own compilation cache. Started
-    before the TPU plan compiles, so the two compiles overlap (each runs on one core)."""
-    folder = tmp_path_factory.mktemp("cpu")
+def start_cpu8(folder, *args) -> subprocess.Popen:
+    """`sfv-jax plan --topology cpu:8 ARGS` in a subprocess (JAX fixes the device count at import), with its own
+    compilation cache under `folder`."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    process = subprocess.Popen([sys.executable, "-m", "sfv_jax", "plan", "--config", CONFIG, "--topology", "cpu:8",
-                                *OVERRIDES, "--json", str(folder / "plan.json"), "--compilation-cache",
-                                str(folder / "cache")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "sfv_jax", "plan", "--config", CONFIG, "--topology", "cpu:8",
+                             *args, "--json", str(folder / "plan.json"), "--compilation-cache", str(folder / "cache")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def finish(process: subprocess.Popen, folder) -> dict:
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    return {"json": json.loads((folder / "plan.json").read_text()), "stdout": stdout, "cache": folder / "cache"}
+
+
+@pytest.fixture(scope="module")
+def cpu_sample_run(tmp_path_factory):
+    """The cpu:8 sampler plan, started before the TPU train plan compiles so that the two overlap."""
+    folder = tmp_path_factory.mktemp("cpu_sample")
+    process = start_cpu8(folder, "--program", "sample", "--height", "64", "--width", "64", "--num-frames", "2")
     yield process, folder
     if process.poll() is None:
         process.kill()
@@ -52,16 +63,19 @@ def cpu_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tpu_plan(tmp_path_factory, cpu_run):
+def tpu_plan(tmp_path_factory, cpu_sample_run):
     return plan_in_process(tmp_path_factory.mktemp("tpu"), "--topology", "v5p:2x2x2", *OVERRIDES)
 
 
 @pytest.fixture(scope="module")
-def cpu_plan(cpu_run):
-    process, folder = cpu_run
-    stdout, stderr = process.communicate(timeout=900)
-    assert process.returncode == 0, stderr[-3000:]
-    return {"json": json.loads((folder / "plan.json").read_text()), "stdout": stdout, "cache": folder / "cache"}
+def cpu_sample_plan(cpu_sample_run):
+    return finish(*cpu_sample_run)
+
+
+@pytest.fixture(scope="module")
+def cpu_train_plan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cpu_train")
+    return finish(start_cpu8(folder, *OVERRIDES), folder)
 
 
 def independent_state_bytes(plan: dict) -> dict[str, int]:
@@ -114,35 +128,43 @@ def test_tpu_plan_memory_and_state_bytes(tpu_plan, measured):
              f"{step['compile_s']:.0f} s")
 
 
+@pytest.mark.slow
 @needs_libtpu
-def test_tpu_flops_match_the_cpu_compiled_step(tpu_plan, cpu_plan, measured):
+def test_tpu_flops_match_the_cpu_compiled_step(tpu_plan, cpu_train_plan, measured):
     """Catches: FLOPs of another program than the CPU's step (e.g. the encode step, a forward pass only, a program
-    without the R1 or accumulation loop), FLOPs summed over devices on one side only, a cost analysis ignored."""
-    tpu, cpu = tpu_plan["flops"], cpu_plan["json"]["flops"]
+    without the R1 or accumulation loop), FLOPs summed over devices on one side only, a cost analysis ignored; and
+    a cpu:N train plan whose memory or state bytes are inconsistent."""
+    cpu_plan = cpu_train_plan["json"]
+    assert cpu_plan["platform"] == "cpu" and cpu_plan["devices"] == 8
+    assert cpu_plan["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    check_memory(cpu_plan)
+    assert cpu_plan["state_bytes"]["params"] == independent_state_bytes(cpu_plan)["params"]
+    tpu, cpu = tpu_plan["flops"], cpu_plan["flops"]
     assert tpu > 0 and cpu > 0
     difference = abs(tpu - cpu) / cpu
     measured(f"train-step FLOPs per device: v5p:2x2x2 {tpu:.4g}, cpu:8 {cpu:.4g}, difference {difference:.1%} "
-             f"(bound {FLOPS_TOLERANCE:.0%})")
+             f"(bound {FLOPS_TOLERANCE:.0%}); cpu:8 {cpu_plan['peak_bytes'] / 2**20:.1f} MiB/device peak, XLA "
+             f"compile {cpu_plan['programs'][0]['compile_s']:.0f} s")
     assert difference < FLOPS_TOLERANCE
 
 
-def test_cpu8_plan_and_its_compilation_cache(cpu_plan, measured):
-    """Catches: cpu:N not using N host devices, a CPU plan that invents HBM or a step time, a report without the
-    table, --compilation-cache ignored (nothing written to DIR)."""
-    plan = cpu_plan["json"]
+def test_cpu8_plan_and_its_compilation_cache(cpu_sample_plan, measured):
+    """Catches: cpu:N not using N host devices, the clip batch not split one per device, a CPU plan that invents HBM
+    or a step time, a report without the table, --compilation-cache ignored (nothing written to DIR)."""
+    plan = cpu_sample_plan["json"]
     assert plan["platform"] == "cpu" and plan["devices"] == 8 and plan["hosts"] == 1
-    assert plan["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
-    check_memory(plan)
-    expected = independent_state_bytes(plan)
-    assert plan["state_bytes"]["params"] == expected["params"]
+    assert plan["mesh"] == {"data": 8} and plan["shapes"]["clips"] == 8
+    for p in plan["programs"]:
+        assert p["total_bytes"] == p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"] > 0
+        assert p["flops"] > 0
     assert plan["chip"]["hbm_bytes"] is None and plan["headroom_bytes"] is None
     assert plan["step_seconds_at_40pct_mfu"] is None
-    for line in ("target: cpu:8 (cpu, 8 device(s), 1 host(s)); mesh data=2 x fsdp=2 x tensor=2", "parameters",
-                 "optimiser state", "frozen weights", "temporary", "FLOPs per step"):
-        assert line in cpu_plan["stdout"], line
-    assert any(files for _, _, files in os.walk(cpu_plan["cache"]))
-    measured(f"cpu:8 micro train step: {plan['peak_bytes'] / 2**20:.1f} MiB/device peak, lowered in "
-             f"{plan['lower_s']:.0f} s, XLA compile {plan['programs'][0]['compile_s']:.0f} s")
+    for line in ("target: cpu:8 (cpu, 8 device(s), 1 host(s)); mesh data=8", "[unet]", "[vae_decode]", "temporary",
+                 "FLOPs per step", "HBM (cpu)"):
+        assert line in cpu_sample_plan["stdout"], line
+    assert any(files for _, _, files in os.walk(cpu_sample_plan["cache"]))
+    measured(f"cpu:8 micro one-step sample (2x64x64 per device): {plan['peak_bytes'] / 2**20:.1f} MiB/device peak, "
+             f"XLA compile {sum(p['compile_s'] for p in plan['programs']):.1f} s")
 
 
 @pytest.mark.parametrize("topology,clips", [
@@ -187,8 +209,8 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capfd):
-    """Catches: a traceback (or libtpu's setup warnings on file descriptor 2) instead of one line, an exit code other than 2, a bad
-    topology, mesh or batch found only after compiling, a --json file written by a failed plan."""
+    """Catches: a traceback (or libtpu's setup warnings on file descriptor 2) instead of one line, an exit code other
+    than 2, a bad topology, mesh or batch found only after compiling, a --json file written by a failed plan."""
     if "v5p" in args[1] and not libtpu_available():
         pytest.skip(f"libtpu is not installed: {INSTALL_HINT}")
     out = tmp_path / "plan.json"

@@ -114,8 +114,9 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
 def conv_method(sizes: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
                 padding: tuple[tuple[int, int], ...], platform: str | None = None) -> str:
     """How conv_channels_last computes a convolution over spatial `sizes` on `platform` (default: current_platform(),
-    i.e. target_platform's or JAX's default backend), by CONV_RULES: "fold:K" (keep the first K axes, merge the rest into one, then decide again),
-    "matmul", "xla", or "direct" (XLA's convolution as written, on a backend without rules)."""
+    i.e. target_platform's or JAX's default backend), by CONV_RULES: "fold:K" (keep the first K axes, merge the rest
+    into one, then decide again), "matmul", "xla", or "direct" (XLA's convolution as written, on a backend without
+    rules)."""
     rules = CONV_RULES.get(platform or current_platform())
     if rules is None:
         return "direct"

@@ -48,10 +48,10 @@ def run_plan(args, extra: list[str]) -> None:
         raise SfvError(f"--json {args.json} is a directory; give a file path")
     config = load_config(args.config, overrides)
     topology = parse_topology(args.topology)
-    cache = enable_compilation_cache(args.compilation_cache)
+    enable_compilation_cache(args.compilation_cache)
     if args.compilation_cache and topology.platform == "tpu":
         print(f"note: --compilation-cache is not used for TPU topologies: JAX cannot read back a program compiled "
-              f"without a TPU (it would only write {cache})", file=sys.stderr)
+              f"without a TPU (it would only write to it)", file=sys.stderr)
     with _persistent_cache(enabled=topology.platform != "tpu"):
         _plan(args, config, overrides, topology)
 
