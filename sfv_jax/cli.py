@@ -114,12 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     from sfv_jax.bench.cli import add_bench_parser
     from sfv_jax.eval.cli import add_eval_parser
+    from sfv_jax.plan.cli import add_plan_parser
     from sfv_jax.sample_cli import add_sample_parser
     from sfv_jax.train_cli import add_train_parser
     add_sample_parser(subparsers)
     add_train_parser(subparsers)
     add_bench_parser(subparsers)
     add_eval_parser(subparsers)
+    add_plan_parser(subparsers)
     # Named from the parsers themselves, so a new command is never missing from the description.
     parser.description = DESCRIPTION.format(commands=", ".join(subparsers.choices))
     return parser
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Only `train` takes free-form --config.a.b=value overrides; every other command parses strictly.
+    # Only `train` and `plan` take free-form --config.a.b=value overrides; every other command parses strictly.
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_config_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

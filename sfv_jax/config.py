@@ -58,3 +58,20 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         node[leaf] = value
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def split_overrides(extra: list[str]) -> list[str]:
+    """["--config.a.b=1", "--config.c", "2"] -> ["a.b=1", "c=2"]; anything else is an error."""
+    overrides, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--config."):
+            raise ConfigError(f"unrecognised argument {arg!r}; config overrides look like --config.a.b=value")
+        key, sep, value = arg[len("--config."):].partition("=")
+        if not sep:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
+            value, i = extra[i + 1], i + 1
+        overrides.append(f"{key}={value}")
+        i += 1
+    return overrides

@@ -83,6 +83,43 @@ def _decode(graphdef, state, latents, num_frames, chunk):
     return i2v.decode(nnx.merge(graphdef, state), latents, num_frames, chunk)
 
 
+def lower_one_step(unet: nnx.Module, vae: nnx.Module, batch: int, num_frames: int, height: int, width: int,
+                   mesh: jax.sharding.Mesh | None = None) -> dict[str, jax.stages.Lowered]:
+    """SF-V's one-step programs as a pipeline call runs them, lowered for modules that may be abstract (nnx.eval_shape).
+
+    {"unet": the sampler's one UNet call (sampler "sfv", one step, no guidance), "vae_decode": the decoder of its
+    (batch * num_frames, h, w, 4) latents}: the same jitted functions SFVPipeline compiles, fed ShapeDtypeStructs, so
+    `sfv-jax plan --program sample` sizes a generation without weights. With `mesh` (one axis "data"), weights are
+    replicated and the clip batch split over it, as SFVPipeline.shard_batch does.
+    """
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = height // scale, width // scale
+    channels = unet.config.out_channels
+
+    def spec(shape, dtype=jnp.float32, on_batch: int | None = 0):
+        if mesh is None:
+            return jax.ShapeDtypeStruct(shape, dtype)
+        parts = P() if on_batch is None else P(*([None] * on_batch), "data")
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, parts))
+
+    def placed(state):
+        if mesh is None:
+            return state
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())), state)
+
+    shape = (batch, num_frames, h, w, channels)
+    levels = spec(np.shape(sfv_levels(1)), on_batch=None)
+    unet_graph, unet_state = nnx.split(unet)
+    lowered = {"unet": _sample_sfv.lower(
+        unet_graph, placed(unet_state), spec(shape), levels, spec((0, *shape), on_batch=1),
+        spec((batch, num_frames, h, w, unet.config.in_channels - channels)),
+        spec((batch, 1, unet.config.cross_attention_dim)), spec((batch, 3)), spec((batch, num_frames)), False)}
+    vae_graph, vae_state = nnx.split(vae)
+    lowered["vae_decode"] = _decode.lower(vae_graph, placed(vae_state), spec((batch * num_frames, h, w, channels)),
+                                          num_frames, num_frames)
+    return lowered
+
+
 class ProgressHooks:
     """One pipeline's host-side progress: its sampler calls this after each step (jax.debug.callback).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from sfv_jax.errors import SfvError
+from sfv_jax.config import split_overrides
 
 
 def add_train_parser(subparsers) -> None:
@@ -28,23 +28,6 @@ def add_train_parser(subparsers) -> None:
     multi.add_argument("--num-processes", type=int, default=None)
     multi.add_argument("--process-id", type=int, default=None)
     p.set_defaults(run=run_train, accepts_config_overrides=True)
-
-
-def split_overrides(extra: list[str]) -> list[str]:
-    """["--config.a.b=1", "--config.c", "2"] -> ["a.b=1", "c=2"]; anything else is an error."""
-    overrides, i = [], 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith("--config."):
-            raise SfvError(f"unrecognised argument {arg!r}; config overrides look like --config.a.b=value")
-        key, sep, value = arg[len("--config."):].partition("=")
-        if not sep:
-            if i + 1 >= len(extra):
-                raise SfvError(f"{arg} needs a value: {arg}=VALUE")
-            value, i = extra[i + 1], i + 1
-        overrides.append(f"{key}={value}")
-        i += 1
-    return overrides
 
 
 def init_distributed(args) -> None:

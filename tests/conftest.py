@@ -2,7 +2,15 @@ import os
 import shutil
 import tempfile
 
-import torch
+# The suite runs on the CPU, in this process and in every subprocess it starts (they inherit the environment).
+# With libtpu installed (the test extra has it, for tests/test_plan.py) a JAX process without JAX_PLATFORMS loads
+# libtpu first: on a machine without a TPU it writes ~5 lines of setup warnings to stderr, then falls back to the
+# CPU (silently while another process holds /tmp/libtpu_lockfile). Nothing is gained by trying, so the CPU is pinned.
+# TPU topologies are still described and compiled under JAX_PLATFORMS=cpu (sfv_jax/plan/topology.py). A caller's
+# own JAX_PLATFORMS is kept.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import torch  # noqa: E402
 
 # Parity is measured in float32 on 2 CPU threads; keep both frameworks deterministic.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

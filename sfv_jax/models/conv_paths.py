@@ -10,6 +10,8 @@ channel pair, whatever the hardware.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 
@@ -18,6 +20,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from sfv_jax.models.options import at_least_float32
+
+# The platform a program is traced FOR when that is not the process's default backend: `sfv-jax plan` traces a TPU
+# program on a CPU host, and the CPU's rules (im2col matmuls) would otherwise end up in the TPU program.
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("conv_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str | None):
+    """Within the block, convolutions traced without an explicit `platform` pick their path for `platform` (e.g.
+    "tpu") instead of jax.default_backend(); None keeps the default. Only tracing inside the block is affected."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def current_platform() -> str:
+    """The platform convolutions are being traced for: target_platform's, else jax.default_backend()."""
+    return _TARGET_PLATFORM.get() or jax.default_backend()
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvRules:
@@ -64,7 +87,7 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
     """Zero-padded, undilated convolution of x (*batch, *spatial, C_in) with kernel (*k, C_in, C_out).
 
     method: "matmul" or "xla" forces that path after any folding (benchmarks and tests compare the paths this
-      way); None picks by conv_method for `platform` (default: jax.default_backend()).
+      way); None picks by conv_method for `platform` (default: current_platform()).
     """
     if method not in (None, "matmul", "xla"):
         raise ValueError(f"conv_channels_last: method {method!r} is not one of None, 'matmul', 'xla'")
@@ -90,10 +113,11 @@ def conv_channels_last(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]
 
 def conv_method(sizes: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
                 padding: tuple[tuple[int, int], ...], platform: str | None = None) -> str:
-    """How conv_channels_last computes a convolution over spatial `sizes` on `platform` (default: JAX's default
-    backend), by CONV_RULES: "fold:K" (keep the first K axes, merge the rest into one, then decide again),
-    "matmul", "xla", or "direct" (XLA's convolution as written, on a backend without rules)."""
-    rules = CONV_RULES.get(platform or jax.default_backend())
+    """How conv_channels_last computes a convolution over spatial `sizes` on `platform` (default: current_platform(),
+    i.e. target_platform's or JAX's default backend), by CONV_RULES: "fold:K" (keep the first K axes, merge the rest
+    into one, then decide again), "matmul", "xla", or "direct" (XLA's convolution as written, on a backend without
+    rules)."""
+    rules = CONV_RULES.get(platform or current_platform())
     if rules is None:
         return "direct"
     kept = _kept_axes(window, strides, padding)

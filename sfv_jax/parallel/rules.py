@@ -64,6 +64,12 @@ def spec_for(logical: Sequence, shape: Sequence[int], rules: Sequence, sizes: Ma
     return P(*spec)
 
 
+def batch_axes(rules: Sequence) -> tuple[str, ...]:
+    """The mesh axes of the "batch" rule, as a tuple (empty when the batch is not sharded)."""
+    axes = dict(rules).get("batch")
+    return tuple(axes) if isinstance(axes, (list, tuple)) else ((axes,) if axes else ())
+
+
 def batch_spec(rules: Sequence) -> P:
     """Leading-axis sharding of batch arrays: the mesh axes of the "batch" rule."""
     axes = dict(rules).get("batch")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from sfv_jax.errors import SfvError
 from sfv_jax.parallel.mesh import make_mesh
-from sfv_jax.parallel.rules import batch_spec
+from sfv_jax.parallel.rules import batch_axes as rule_batch_axes, batch_spec
 from sfv_jax.parallel.sharding import jit_train_step, state_shardings
 from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
@@ -76,11 +76,6 @@ class _StopSignal:
         from jax.experimental import multihost_utils
         flags = multihost_utils.process_allgather(np.int32(self.received is not None))
         return bool(np.max(flags))
-
-
-def _batch_axes(rules) -> tuple[str, ...]:
-    axes = dict(rules).get("batch")
-    return tuple(axes) if isinstance(axes, (list, tuple)) else ((axes,) if axes else ())
 
 
 def micro_batch_warning(global_batch_size: int, grad_accum_steps: int, batch_devices: int) -> str | None:
@@ -150,7 +145,7 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
     if eval_every > 0 and from_cache and process == 0:
         log.warning("no held-out evaluation from a latent cache (it holds no held-out clips)")
     mesh = make_mesh(config.mesh)
-    batch_axes = _batch_axes(config.sharding.rules)
+    batch_axes = rule_batch_axes(config.sharding.rules)
     batch_devices = int(np.prod([mesh.shape[a] for a in batch_axes if a in mesh.shape]))
     warning = micro_batch_warning(config.global_batch_size, config.grad_accum_steps, batch_devices)
     if warning and process == 0:
@@ -321,7 +316,7 @@ def _encode_heldout(objective, state, heldout: np.ndarray, frames_sharding, conf
     process p contributes rows [p N / P, (p + 1) N / P) (every process holds the whole held-out set).
     """
     mesh = frames_sharding.mesh
-    devices = int(np.prod([mesh.shape[a] for a in _batch_axes(config.sharding.rules) if a in mesh.shape]))
+    devices = int(np.prod([mesh.shape[a] for a in rule_batch_axes(config.sharding.rules) if a in mesh.shape]))
     multiple = int(np.lcm(devices, jax.process_count()))
     count = heldout.shape[0] // multiple * multiple
     if count == 0:
