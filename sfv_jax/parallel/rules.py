@@ -70,6 +70,11 @@ def batch_axes(rules: Sequence) -> tuple[str, ...]:
     return tuple(axes) if isinstance(axes, (list, tuple)) else ((axes,) if axes else ())
 
 
+def batch_device_count(mesh, rules: Sequence) -> int:
+    """How many devices a batch splits over: the product of the mesh's sizes along the batch rule's axes."""
+    return math.prod(mesh.shape[a] for a in batch_axes(rules) if a in mesh.shape)
+
+
 def batch_spec(rules: Sequence) -> P:
     """Leading-axis sharding of batch arrays: the mesh axes of the "batch" rule."""
     axes = dict(rules).get("batch")

@@ -38,15 +38,11 @@ def build_mesh(config, topology: Topology) -> jax.sharding.Mesh:
         raise SfvError(f"{topology.name} ({len(topology.devices)} devices): {e}") from None
 
 
-def batch_devices(config, mesh: jax.sharding.Mesh) -> int:
-    from sfv_jax.parallel.rules import batch_axes
-    return math.prod(mesh.shape[a] for a in batch_axes(config.sharding.rules) if a in mesh.shape)
-
-
 def check_batch(config, mesh: jax.sharding.Mesh) -> list[str]:
     """An SfvError when the global batch cannot be laid out on the mesh; the loop's warnings (as lines) otherwise."""
+    from sfv_jax.parallel.rules import batch_device_count
     from sfv_jax.train.loop import micro_batch_warning
-    devices = batch_devices(config, mesh)
+    devices = batch_device_count(mesh, config.sharding.rules)
     if config.global_batch_size % config.grad_accum_steps:
         raise SfvError(f"global_batch_size={config.global_batch_size} does not split into "
                        f"grad_accum_steps={config.grad_accum_steps} micro-batches")

@@ -143,6 +143,7 @@ def format_plan(plan: Plan) -> str:
 
 
 def write_json(plan: Plan, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(plan.to_json(), f, indent=2)
-        f.write("\n")
+    """The plan as JSON at `path`, written atomically (never half a file)."""
+    from sfv_jax.fileio import write_text_atomically
+
+    write_text_atomically(path, json.dumps(plan.to_json(), indent=2) + "\n")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from sfv_jax.errors import SfvError
 from sfv_jax.parallel.mesh import make_mesh
-from sfv_jax.parallel.rules import batch_axes as rule_batch_axes, batch_spec
+from sfv_jax.parallel.rules import batch_axes as rule_batch_axes, batch_device_count, batch_spec
 from sfv_jax.parallel.sharding import jit_train_step, state_shardings
 from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
@@ -146,7 +146,7 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         log.warning("no held-out evaluation from a latent cache (it holds no held-out clips)")
     mesh = make_mesh(config.mesh)
     batch_axes = rule_batch_axes(config.sharding.rules)
-    batch_devices = int(np.prod([mesh.shape[a] for a in batch_axes if a in mesh.shape]))
+    batch_devices = batch_device_count(mesh, config.sharding.rules)
     warning = micro_batch_warning(config.global_batch_size, config.grad_accum_steps, batch_devices)
     if warning and process == 0:
         log.warning(warning)
@@ -248,13 +248,10 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
                     save_now = step % config.checkpoint_every == 0 or step == config.total_steps
                     host_now = (step % config.log_every == 0 or save_now or eval_now or sample_now
                                 or len(pending) >= MAX_PENDING_STEPS)
-                    if not host_now:
-                        # No transfer and no collective: the host goes on dispatching steps. A signal on a
-                        # single process is seen at once (it only needs a local flag); see _StopSignal.
-                        if stop.local_only and stop.received is not None:
-                            host_now = True
-                        else:
-                            continue
+                    # Otherwise no transfer and no collective: the host goes on dispatching steps. A signal on a
+                    # single process is seen at once (it only needs a local flag); see _StopSignal.
+                    if not host_now and not (stop.local_only and stop.received is not None):
+                        continue
                     # Metrics of every step since the last visit, in one transfer.
                     fetched = jax.device_get([m for _, m in pending])
                     for i, ((at, _), values) in enumerate(zip(pending, fetched)):
@@ -285,7 +282,7 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
                                 f"(last: step {at}); the last good checkpoint ({last_saved}) is intact; lower the "
                                 f"learning rate or check the data")
                     pending = []
-                    if sample_fn is not None and step % config.sample_every == 0:
+                    if sample_now:
                         _write_sample(sample_fn, state, sample_frames, config, workdir, step, metrics_log)
                     interrupted = stop.agreed()
                     if save_now or interrupted:
@@ -316,7 +313,7 @@ def _encode_heldout(objective, state, heldout: np.ndarray, frames_sharding, conf
     process p contributes rows [p N / P, (p + 1) N / P) (every process holds the whole held-out set).
     """
     mesh = frames_sharding.mesh
-    devices = int(np.prod([mesh.shape[a] for a in rule_batch_axes(config.sharding.rules) if a in mesh.shape]))
+    devices = batch_device_count(mesh, config.sharding.rules)
     multiple = int(np.lcm(devices, jax.process_count()))
     count = heldout.shape[0] // multiple * multiple
     if count == 0:
