@@ -73,20 +73,22 @@ def save_checkpoint(path: str, modules: Mapping[str, nnx.Module], extra: Mapping
 
 def write_train_state_index(path: str, modules: Mapping[str, nnx.Module], trees: Mapping[str, str],
                             raw_trees: Mapping[str, str], train_checkpoints: str, options: Mapping,
-                            extra: Mapping | None = None) -> None:
+                            extra: Mapping | None = None, frozen: Mapping | None = None) -> None:
     """Makes the folder `path` (a training workdir) an sfv-jax checkpoint of `modules` without copying weights.
 
     modules: {name: module}, abstract or concrete (only their class and config are written).
     trees: {name: dotted path of its params in the train state}, e.g. {"unet": "g_ema", "vae": "encoders.vae"};
       raw_trees: the alternatives read with raw=True (e.g. {"unet": "g_params"}).
     train_checkpoints: the sub-folder holding <step>/state Orbax train states.
+    frozen: {"folder": sub-folder, "fields": [top-level state fields]}: trees under those fields are read from
+      that folder (written once per run) where it exists, else from the step's state.
     options: the ModelOptions fields the modules compute with by default.
     """
     components = {name: {**_component_entry(module), "tree": trees[name],
                          **({"raw_tree": raw_trees[name]} if name in raw_trees else {})}
                   for name, module in modules.items()}
     index = {"format": FORMAT_VERSION, "components": components, "extra": dict(extra or {}),
-             "options": dict(options), "params_from": {"train_checkpoints": train_checkpoints}}
+             "options": dict(options), "params_from": {"train_checkpoints": train_checkpoints, **({"frozen": dict(frozen)} if frozen else {})}}
     tmp = os.path.join(path, f"{INDEX_NAME}.tmp")
     with open(tmp, "w") as f:
         json.dump(index, f, indent=2)
@@ -153,21 +155,41 @@ def load_checkpoint(path: str, options: ModelOptions | None = None, names: list[
             for key, s in model.shapes.items()}
     step = train_state_step(path, index)
     if step is None:
-        params_dir, trees = os.path.join(path, "params"), {name: (name,) for name in names}
+        trees = {name: (name,) for name in names}
+        sources = {os.path.join(path, "params"): names}
     else:
-        params_dir = os.path.join(path, index["params_from"]["train_checkpoints"], str(step), "state")
         entries = {name: index["components"][name] for name in names}
         trees = {name: tuple(e["raw_tree" if raw and "raw_tree" in e else "tree"].split(".")) for name, e in
                  entries.items()}
-        target = _nest({trees[name]: unflatten_into(abstract_models[name].tree, target[name]) for name in names})
-    try:
-        # partial_restore: read only the requested components; arrays are cast to the target dtype.
-        restored = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise CheckpointError(f"{params_dir}: params do not match the stored configs ({str(e).splitlines()[0]})"
-                              ) from None
-    return {name: abstract_models[name].merge(flatten(_get(restored, trees[name]))) for name in names}
+        sources = _train_state_sources(path, index, step, trees)
+    restored = {}
+    for params_dir, group in sources.items():
+        target_tree = _nest({trees[name]: unflatten_into(abstract_models[name].tree, target[name]) for name in group})
+        try:
+            # partial_restore: read only the requested components; arrays are cast to the target dtype.
+            found = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
+                item=target_tree, restore_args=ocp.checkpoint_utils.construct_restore_args(target_tree),
+                partial_restore=True))
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"{params_dir}: params do not match the stored configs ({str(e).splitlines()[0]})"
+                                  ) from None
+        restored.update({name: _get(found, trees[name]) for name in group})
+    return {name: abstract_models[name].merge(flatten(restored[name])) for name in names}
+
+
+def _train_state_sources(path: str, index: dict, step: int, trees: Mapping[str, tuple]) -> dict[str, list[str]]:
+    """{Orbax tree folder: [component names read from it]}: the step's state, and the workdir's frozen folder
+    for components under a frozen field (where that folder exists; a workdir from before it keeps them in the
+    step)."""
+    source = index["params_from"]
+    step_dir = os.path.join(path, source["train_checkpoints"], str(step), "state")
+    frozen = source.get("frozen", {})
+    frozen_dir = os.path.join(path, frozen["folder"]) if frozen else None
+    out: dict[str, list[str]] = {}
+    for name, keys in trees.items():
+        in_frozen = frozen_dir and keys[0] in frozen["fields"] and os.path.isdir(frozen_dir)
+        out.setdefault(frozen_dir if in_frozen else step_dir, []).append(name)
+    return out
 
 
 def _nest(trees: Mapping[tuple, dict]) -> dict:

@@ -91,9 +91,15 @@ MICRO_TOY = ("unet.block_out_channels=(64,)", "unet.down_block_types=('CrossAttn
              "data.height=32", "data.width=32", "global_batch_size=4", "grad_accum_steps=2", "log_every=1")
 
 
+# XLA:CPU runs a convolution's gradient ~20x slower inside a lax.scan than outside one (sfv_jax.train.accumulate):
+# the micro VAE step with 2 micro-batches takes ~20 s scanned, ~1 s unrolled. The VAE's micro configs unroll;
+# both loops are checked against per-micro-batch gradients in tests/test_accumulate.py.
+VAE_LOOP = ("micro_batch_loop=unroll",)
+
+
 def micro_toy_config(variant: str, *overrides: str):
-    """configs/toy.py:VARIANT at micro sizes (MICRO_TOY), with overrides."""
-    return load_config(f"configs/toy.py:{variant}", [*MICRO_TOY, *overrides])
+    """configs/toy.py:VARIANT at micro sizes (MICRO_TOY; the vae variant also VAE_LOOP), with overrides."""
+    return load_config(f"configs/toy.py:{variant}", [*MICRO_TOY, *(VAE_LOOP if variant == "vae" else ()), *overrides])
 
 
 def synthetic_video_batch(config, first: int, count: int) -> dict:

@@ -1,10 +1,17 @@
 """Train-state checkpoints of a workdir: Orbax CheckpointManager under WORKDIR/checkpoints/<step>/.
 
-Each step folder holds two items: `state` (the TrainState arrays, written shard by shard from
+Each step folder holds two items: `state` (the train state's arrays, written shard by shard from
 wherever they live) and `data` (the data iterator's JSON position). Orbax writes a step into a
 temporary folder and renames it when complete, so a process killed at any moment leaves only
 complete steps behind; restore takes the latest complete one. Every process of a multi-host run
 calls save and restore together.
+
+The frozen fields of a state (FROZEN_FIELDS: SF-V's discriminator backbone, the VAE and CLIP that encode
+batches) never change during a run, so they are written once, at the first save, to WORKDIR/frozen/ (an
+Orbax checkpoint of {field: tree}), and the step folders hold the state without them (those fields None). For
+SVD-sized models this takes the frozen ~1.5 B parameters out of every checkpoint. A step folder written
+before this layout (holding the frozen fields itself) still restores: where WORKDIR/frozen/ is absent, the
+frozen fields are read from the step.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store  # the default A
 
 from sfv_jax.errors import CheckpointError
 from sfv_jax.train.state import TrainState
+from sfv_jax.train.workdir import FROZEN, FROZEN_FIELDS
 
 
 # Orbax's replica-parallel save splits every array that several devices hold into one slice per
@@ -43,11 +51,27 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
-class TrainCheckpoints:
-    """Save / restore of (TrainState, data position) every `every` steps, keeping the last `keep`."""
+def split_frozen(state):
+    """(state with its frozen fields set to None, {field: tree} of the frozen fields it holds)."""
+    frozen = {f: getattr(state, f) for f in FROZEN_FIELDS if getattr(state, f, None) is not None}
+    return state.replace(**{f: None for f in frozen}), frozen
 
-    def __init__(self, directory: str, keep: int, async_save: bool = True):
+
+def _restore(path: str, target):
+    """Orbax restore of the arrays of `target` (ShapeDtypeStructs with shardings) found in the tree at path;
+    keys of the stored tree that target lacks are not read."""
+    return ocp.Checkpointer(_state_handler()).restore(path, args=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+
+
+class TrainCheckpoints:
+    """Save / restore of (train state, data position) every `every` steps, keeping the last `keep`; the state's
+    frozen fields once per workdir in `frozen_directory` (default: a sibling of `directory` named "frozen")."""
+
+    def __init__(self, directory: str, keep: int, async_save: bool = True, frozen_directory: str | None = None):
         self.directory = os.path.abspath(directory)  # Orbax refuses relative paths
+        self.frozen_directory = os.path.abspath(frozen_directory or os.path.join(os.path.dirname(self.directory),
+                                                                                 FROZEN))
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
@@ -64,7 +88,12 @@ class TrainCheckpoints:
         """
         if not state_finite:
             raise CheckpointError(f"refusing to write checkpoint {step}: the train state holds NaN or inf")
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
+        trained, frozen = split_frozen(state)
+        if frozen and not os.path.isdir(self.frozen_directory):
+            # Written once, synchronously, into a temporary folder Orbax renames when complete: a run killed
+            # meanwhile writes it again at its next save.
+            ocp.Checkpointer(_state_handler()).save(self.frozen_directory, args=ocp.args.PyTreeSave(frozen))
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(trained),
                                                         data=ocp.args.JsonSave(data_position)), force=True)
 
     def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict, int]:
@@ -72,14 +101,20 @@ class TrainCheckpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"{self.directory}: holds no complete checkpoint")
+        trained, frozen = split_frozen(abstract_state)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(
-                    abstract_state)), data=ocp.args.JsonRestore()))
+                state=ocp.args.PyTreeRestore(trained, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                    trained), partial_restore=True), data=ocp.args.JsonRestore()))
+            state = restored["state"]
+            if frozen:
+                source = self.frozen_directory if os.path.isdir(self.frozen_directory) else os.path.join(
+                    self.directory, str(step), "state")
+                state = state.replace(**_restore(source, frozen))
         except (ValueError, KeyError, FileNotFoundError) as e:
             raise CheckpointError(f"{self.directory}/{step}: does not match this config's train state "
                                   f"({str(e).splitlines()[0]}); use a new --workdir for a changed model") from None
-        return restored["state"], restored["data"], step
+        return state, restored["data"], step
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -7,7 +7,8 @@ WORKDIR/
   config.json        the run's full config (written at the first start; replaced by a --reconfigure resume)
   reconfigure.log    one line per --reconfigure resume: time, step, changed keys (sfv_jax.train.config_diff)
   pipeline.json      the weight-free pipeline files (scheduler, feature extractor, model index) to export with
-  checkpoints/<step>/{state,data}   Orbax train-state checkpoints (sfv_jax.train.checkpoints)
+  checkpoints/<step>/{state,data}   Orbax train-state checkpoints without the frozen fields (sfv_jax.train.checkpoints)
+  frozen/            the state's frozen fields (discriminator backbone, VAE and CLIP), written once at the first save
   metrics.jsonl      one JSON object per logged step
   tensorboard/       TensorBoard event files
   samples/step_<N>.gif   one-step samples of G's EMA weights
@@ -25,6 +26,10 @@ from sfv_jax.convert.weight_files import read_json_object
 CONFIG = "config.json"
 PIPELINE = "pipeline.json"
 CHECKPOINTS = "checkpoints"
+FROZEN = "frozen"
+# The state fields no step updates (sfv_jax.train.state.TrainState, sfv_jax.train.model_state.ModelTrainState),
+# written once into FROZEN rather than into every step's checkpoint.
+FROZEN_FIELDS = ("backbone", "encoders")
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
@@ -43,7 +48,8 @@ def write_checkpoint_index(workdir: str, config: ml_collections.ConfigDict, obje
     extra = {"pipeline": read_json_object(pipeline_path)} if os.path.isfile(pipeline_path) else {}
     extra["objective"] = objective.name
     write_train_state_index(workdir, modules, trees=trees, raw_trees=raw_trees, train_checkpoints=CHECKPOINTS,
-                            options=config.model.to_dict(), extra=extra)
+                            frozen={"folder": FROZEN, "fields": list(FROZEN_FIELDS)}, options=config.model.to_dict(),
+                            extra=extra)
 
 
 def write_json_atomic(path: str, value: dict) -> None:
