@@ -164,7 +164,9 @@ def load_checkpoint(path: str, options: ModelOptions | None = None, names: list[
         sources = _train_state_sources(path, index, step, trees)
     restored = {}
     for params_dir, group in sources.items():
-        target_tree = _nest({trees[name]: unflatten_into(abstract_models[name].tree, target[name]) for name in group})
+        # a converted checkpoint stores each component's params flat ({dotted key: array}); a train state nested
+        target_tree = _nest({trees[name]: target[name] if step is None else
+                             unflatten_into(abstract_models[name].tree, target[name]) for name in group})
         try:
             # partial_restore: read only the requested components; arrays are cast to the target dtype.
             found = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(

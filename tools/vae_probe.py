@@ -1,0 +1,92 @@
+"""Short toy-VAE training probes: held-out L1 after N steps for a config change, and the reference baselines.
+
+    python tools/vae_probe.py --steps 150 [--posterior mean] [--groups 8] [--config.k=v ...]
+
+Trains configs/toy.py:vae from random weights on random clips of the built-in synthetic videos (the training
+range [0, data.num_synthetic)) and prints, every 25 steps, the training reconstruction and the held-out L1 of 8
+clips the training never sees (decoded from posterior means, whole 64x64 frames). `--baselines` prints what a
+per-frame constant colour and the 8x8 patch means score on the same clips. Diagnosis only:
+`--groups G` swaps every GroupNorm to G groups (0: no normalisation) and `--posterior mean` trains on posterior
+means instead of draws; such a VAE no longer has SVD's architecture and cannot be exported. BENCHMARKS.md "Toy SVD
+stack" holds what these probes found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sfv_jax.config import load_config
+from sfv_jax.data.synthetic import SyntheticVideos
+from sfv_jax.models import layers
+
+HELDOUT_FIRST, HELDOUT_CLIPS = 2900, 8  # beyond the toy config's 2048 training clips
+
+
+def patch_group_norm(groups: int) -> None:
+    """Every GroupNorm built from now on uses min(groups, its groups) groups; groups 0: y = x * scale + bias."""
+    init, call = layers.GroupNorm.__init__, layers.GroupNorm.__call__
+
+    def patched_init(self, num_channels, num_groups, epsilon, options):
+        init(self, num_channels, min(groups, num_groups) if groups else num_groups, epsilon, options)
+
+    def affine_only(self, x):
+        return (x.astype(jnp.float32) * self.scale[...] + self.bias[...]).astype(self.out_dtype)
+
+    layers.GroupNorm.__init__ = patched_init
+    layers.GroupNorm.__call__ = affine_only if groups == 0 else call
+
+
+def clips(videos: SyntheticVideos, indices) -> jax.Array:
+    """(B, T, H, W, 3) float32 in [-1, 1]."""
+    return jnp.asarray(np.stack([videos.video(int(i)) for i in indices]).astype(np.float32) / 127.5 - 1.0)
+
+
+def baselines(heldout: np.ndarray, grid: int) -> dict:
+    """L1 of a per-frame constant colour and of the grid x grid patch means, upsampled by repetition."""
+    b, t, h, w, c = heldout.shape
+    patches = heldout.reshape(b, t, grid, h // grid, grid, w // grid, c).mean(axis=(3, 5))
+    upsampled = np.repeat(np.repeat(patches, h // grid, axis=2), w // grid, axis=3)
+    return {"frame_mean": float(np.abs(heldout - heldout.mean(axis=(2, 3), keepdims=True)).mean()),
+            f"patch_means_{grid}x{grid}": float(np.abs(heldout - upsampled).mean())}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--posterior", choices=("sample", "mean"), default="sample")
+    parser.add_argument("--groups", type=int, default=32, help="GroupNorm groups (32: SVD's; 0: none)")
+    parser.add_argument("--baselines", action="store_true")
+    args, overrides = parser.parse_known_args(argv)
+    if args.groups != 32:
+        patch_group_norm(args.groups)
+    from sfv_jax.train.objectives import make_objective  # after the patch: the models are built from here on
+    config = load_config("configs/toy.py:vae", [o.removeprefix("--config.") for o in overrides])
+    videos = SyntheticVideos(HELDOUT_FIRST + HELDOUT_CLIPS, config.data.num_frames, config.data.height,
+                             config.data.width, seed=config.seed)
+    heldout = {"video": clips(videos, range(HELDOUT_FIRST, HELDOUT_FIRST + HELDOUT_CLIPS))}
+    if args.baselines:
+        grid = config.data.height // 2 ** (len(config.vae.block_out_channels) - 1)
+        print(baselines(np.asarray(heldout["video"]), grid))
+    objective = make_objective(config)
+    if args.posterior == "mean":
+        draw = objective.step.loss_parts
+        objective.step.loss_parts = lambda params, video, key: draw(params, video, None)
+    weights, _, _ = objective.initial_weights()
+    state = jax.jit(objective.init_state)(weights)
+    step, eval_loss = jax.jit(objective.step), jax.jit(objective.eval_loss)
+    rng, start = np.random.default_rng(0), time.time()
+    for i in range(1, args.steps + 1):
+        batch = {"video": clips(videos, rng.integers(0, config.data.num_synthetic, config.global_batch_size))}
+        state, metrics = step(state, batch)
+        if i % 25 == 0 or i == args.steps:
+            print(f"step {i}: recon {float(metrics['recon']):.4f}, held-out eval_loss "
+                  f"{float(eval_loss(state, heldout)):.4f}, {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
