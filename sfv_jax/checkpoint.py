@@ -88,7 +88,9 @@ def write_train_state_index(path: str, modules: Mapping[str, nnx.Module], trees:
                          **({"raw_tree": raw_trees[name]} if name in raw_trees else {})}
                   for name, module in modules.items()}
     index = {"format": FORMAT_VERSION, "components": components, "extra": dict(extra or {}),
-             "options": dict(options), "params_from": {"train_checkpoints": train_checkpoints, **({"frozen": dict(frozen)} if frozen else {})}}
+             "options": dict(options), "params_from": {"train_checkpoints": train_checkpoints}}
+    if frozen:
+        index["params_from"]["frozen"] = dict(frozen)
     tmp = os.path.join(path, f"{INDEX_NAME}.tmp")
     with open(tmp, "w") as f:
         json.dump(index, f, indent=2)
@@ -154,19 +156,18 @@ def load_checkpoint(path: str, options: ModelOptions | None = None, names: list[
             key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding_for(name, key, s) if sharding_for else default)
             for key, s in model.shapes.items()}
     step = train_state_step(path, index)
-    if step is None:
+    if step is None:  # a converted checkpoint: each component's params flat ({dotted key: array}) under its name
         trees = {name: (name,) for name in names}
         sources = {os.path.join(path, "params"): names}
-    else:
+    else:  # a train state: each component's params nested, somewhere in the state
         entries = {name: index["components"][name] for name in names}
         trees = {name: tuple(e["raw_tree" if raw and "raw_tree" in e else "tree"].split(".")) for name, e in
                  entries.items()}
         sources = _train_state_sources(path, index, step, trees)
+        target = {name: unflatten_into(abstract_models[name].tree, target[name]) for name in names}
     restored = {}
     for params_dir, group in sources.items():
-        # a converted checkpoint stores each component's params flat ({dotted key: array}); a train state nested
-        target_tree = _nest({trees[name]: target[name] if step is None else
-                             unflatten_into(abstract_models[name].tree, target[name]) for name in group})
+        target_tree = _nest({trees[name]: target[name] for name in group})
         try:
             # partial_restore: read only the requested components; arrays are cast to the target dtype.
             found = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(

@@ -14,15 +14,15 @@ import pytest
 
 from sfv_jax.train.metrics_log import read_metrics
 from tests.test_train_program import checkpoint_steps, env, run, wait_for
-from tests.train_helpers import MICRO_TOY, VAE_LOOP
+from tests.train_helpers import MICRO_TOY, micro_toy_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 6
 
 
 def toy_cmd(variant: str, workdir: str, cache: str, *overrides: str) -> list[str]:
-    options = (*MICRO_TOY, *(VAE_LOOP if variant == "vae" else ()), f"total_steps={TOTAL}", "checkpoint_every=2",
-               "eval.every=3", "eval.clips=4", *overrides)
+    options = (*micro_toy_overrides(variant), f"total_steps={TOTAL}", "checkpoint_every=2", "eval.every=3",
+               "eval.clips=4", *overrides)
     return [sys.executable, "-m", "sfv_jax", "train", "--config", f"configs/toy.py:{variant}", "--workdir", workdir,
             "--compilation-cache", cache, *[f"--config.{o}" for o in options]]
 

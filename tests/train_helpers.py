@@ -97,9 +97,14 @@ MICRO_TOY = ("unet.block_out_channels=(64,)", "unet.down_block_types=('CrossAttn
 VAE_LOOP = ("micro_batch_loop=unroll",)
 
 
+def micro_toy_overrides(variant: str) -> tuple[str, ...]:
+    """The overrides that make configs/toy.py:VARIANT micro: MICRO_TOY, and VAE_LOOP for the vae variant."""
+    return (*MICRO_TOY, *(VAE_LOOP if variant == "vae" else ()))
+
+
 def micro_toy_config(variant: str, *overrides: str):
-    """configs/toy.py:VARIANT at micro sizes (MICRO_TOY; the vae variant also VAE_LOOP), with overrides."""
-    return load_config(f"configs/toy.py:{variant}", [*MICRO_TOY, *(VAE_LOOP if variant == "vae" else ()), *overrides])
+    """configs/toy.py:VARIANT at micro sizes (micro_toy_overrides), with overrides."""
+    return load_config(f"configs/toy.py:{variant}", [*micro_toy_overrides(variant), *overrides])
 
 
 def synthetic_video_batch(config, first: int, count: int) -> dict:

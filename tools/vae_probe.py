@@ -23,6 +23,7 @@ import numpy as np
 from sfv_jax.config import load_config
 from sfv_jax.data.synthetic import SyntheticVideos
 from sfv_jax.models import layers
+from sfv_jax.train.encode import frames_to_unit_range
 
 HELDOUT_FIRST, HELDOUT_CLIPS = 2900, 8  # beyond the toy config's 2048 training clips
 
@@ -43,7 +44,7 @@ def patch_group_norm(groups: int) -> None:
 
 def clips(videos: SyntheticVideos, indices) -> jax.Array:
     """(B, T, H, W, 3) float32 in [-1, 1]."""
-    return jnp.asarray(np.stack([videos.video(int(i)) for i in indices]).astype(np.float32) / 127.5 - 1.0)
+    return frames_to_unit_range(jnp.asarray(np.stack([videos.video(int(i)) for i in indices])))
 
 
 def baselines(heldout: np.ndarray, grid: int) -> dict:
