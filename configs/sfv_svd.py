@@ -88,6 +88,10 @@ def eval_section() -> ml_collections.ConfigDict:
 def add_train_sections(config: ml_collections.ConfigDict) -> None:
     """SF-V's objective (sfv_jax.train.objectives) and its sections."""
     config.objective = "sfv"
+    # [ours] how a component that starts without init_checkpoint is drawn: "torch" (torch's default init, what
+    # diffusers builds) or "identity" (sfv_jax.models.scratch_init: residual branches and mixing convs start as the
+    # identity; what the toy stack trains from)
+    config.scratch_init = "torch"
     config.sfv = sfv_section()
     config.disc = disc_section()
     config.optim = optim_section()

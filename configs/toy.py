@@ -84,9 +84,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         # frames need at a fraction of the step time on this 2-core machine (BENCHMARKS.md "Toy SVD stack");
         # eval_loss still reconstructs whole 64x64 frames.
         config.vae_loss.crop = 32
+        # From torch's default init the VAE learnt colour too slowly to be useful here (BENCHMARKS.md "Toy SVD
+        # stack"): it starts with identity residual branches and mixing convs, and learns by L2, whose gradient
+        # shrinks with the error (L1's does not, so Adam's steps stay large near the answer).
+        config.scratch_init = "identity"
+        config.vae_loss.recon = "l2"
         config.global_batch_size = 4
         config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)
-        config.total_steps = 1500
+        config.total_steps = 4000
         del config.sfv, config.disc
     elif variant == "teacher":
         config.objective = "denoise"

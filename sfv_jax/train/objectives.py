@@ -26,6 +26,7 @@ from sfv_jax.errors import ConfigError
 from sfv_jax.models.nnx_state import AbstractModel
 from sfv_jax.models.options import ModelOptions
 from sfv_jax.models.random_init import random_tree
+from sfv_jax.models.scratch_init import scratch_params
 from sfv_jax.models.vae import AutoencoderKLTemporalDecoder, VAEConfig
 from sfv_jax.train.denoise_step import DenoiseTrainStep
 from sfv_jax.train.encode import frames_to_unit_range, make_encode_fn
@@ -134,8 +135,8 @@ class DenoiseObjective:
 
     def initial_weights(self, shardings=None, names: tuple[str, ...] | None = None):
         seed, models = self.config.seed, self.models
-        components = {"unet": Component(models.abstract_g, lambda: models.random_generator_params(seed), False,
-                                        getattr(shardings, "params", None)),
+        scratch = lambda: scratch_params(models.random_generator_params(seed), self.config.get("scratch_init", "torch"))
+        components = {"unet": Component(models.abstract_g, scratch, False, getattr(shardings, "params", None)),
                       **_encoder_components(models, seed, shardings, required=False)}
         components = {k: v for k, v in components.items() if names is None or k in names}
         return initial_components(self.config.init_checkpoint, models.options, components)
@@ -199,8 +200,8 @@ class VAEObjective:
 
     def initial_weights(self, shardings=None, names: tuple[str, ...] | None = None):
         models = self.models
-        components = {"vae": Component(models.abstract, lambda: models.random_params(self.config.seed + 2), True,
-                                       getattr(shardings, "params", None))}
+        scratch = lambda: scratch_params(models.random_params(self.config.seed + 2), self.config.get("scratch_init", "torch"))
+        components = {"vae": Component(models.abstract, scratch, True, getattr(shardings, "params", None))}
         return initial_components(self.config.init_checkpoint, models.options, components)
 
     def init_state(self, weights):
