@@ -56,6 +56,20 @@ def baselines(heldout: np.ndarray, grid: int) -> dict:
             f"patch_means_{grid}x{grid}": float(np.abs(heldout - upsampled).mean())}
 
 
+def chroma(x: jax.Array) -> jax.Array:
+    """Each pixel's deviation from its own grey level (the mean of its channels): what a grey image lacks."""
+    return x - x.mean(axis=-1, keepdims=True)
+
+
+def chroma_error(vae, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean |chroma(decoded) - chroma(frames)|, mean |chroma(frames)|) of clips video (B, T, H, W, 3) decoded from
+    their posterior means: the first equals the second for a VAE whose output is grey, 0 for exact colour."""
+    frames = video.shape[1]
+    images = video.reshape(-1, *video.shape[2:])
+    decoded = vae.decoder(vae.latent_dist(images)[0], frames)
+    return jnp.mean(jnp.abs(chroma(decoded) - chroma(images))), jnp.mean(jnp.abs(chroma(images)))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
@@ -80,13 +94,16 @@ def main(argv=None) -> None:
     weights, _, _ = objective.initial_weights()
     state = jax.jit(objective.init_state)(weights)
     step, eval_loss = jax.jit(objective.step), jax.jit(objective.eval_loss)
+    colour = jax.jit(lambda params, video: chroma_error(objective.models.vae(params), video))
     rng, start = np.random.default_rng(0), time.time()
     for i in range(1, args.steps + 1):
         batch = {"video": clips(videos, rng.integers(0, config.data.num_synthetic, config.global_batch_size))}
         state, metrics = step(state, batch)
         if i % 25 == 0 or i == args.steps:
+            error, grey = colour(state.params, heldout["video"])
             print(f"step {i}: recon {float(metrics['recon']):.4f}, held-out eval_loss "
-                  f"{float(eval_loss(state, heldout)):.4f}, {time.time() - start:.0f} s", flush=True)
+                  f"{float(eval_loss(state, heldout)):.4f}, chroma error {float(error):.4f} (grey: {float(grey):.4f}), "
+                  f"{time.time() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
