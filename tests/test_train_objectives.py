@@ -90,12 +90,15 @@ def test_denoise_batches_carry_a_drawn_augmentation_strength(teacher):
     np.testing.assert_allclose(batch["image_latent"], want, rtol=1e-4, atol=1e-5)
 
 
-def test_vae_loss_parts_recombine_with_the_configured_weights(vae):
-    """With the posterior means decoded: recon equals numpy's mean |decode(mean) - x| of the model's own
-    decode, KL numpy's mean 0.5 (mu^2 + var - 1 - logvar) of its latent_dist, and the loss is
-    recon_weight * recon + kl_weight * kl for weights 2.0 and 0.05. Catches a swapped or missing weight, the KL
-    summed instead of averaged, or an L2 loss where L1 is configured."""
-    config, objective, state = vae
+@pytest.mark.parametrize("recon", ["l1", "l2"])
+def test_vae_loss_parts_recombine_with_the_configured_weights(vae, recon):
+    """With the posterior means decoded: recon equals numpy's mean |decode(mean) - x| (l1) or mean squared error
+    (l2) of the model's own decode, KL numpy's mean 0.5 (mu^2 + var - 1 - logvar) of its latent_dist, and the loss
+    is recon_weight * recon + kl_weight * kl for weights 2.0 and 0.05. Catches a swapped or missing weight, the KL
+    summed instead of averaged, or one reconstruction loss where the other is configured."""
+    config, _, state = vae
+    config = micro_toy_config("vae", "vae_loss.kl_weight=0.05", "vae_loss.recon_weight=2.0", f"vae_loss.recon={recon}")
+    objective = make_objective(config)
     batch = synthetic_video_batch(config, 0, 2)
     parts = jax.jit(lambda p, v: objective.step.loss_parts(p, v, None))(state.params, batch["video"])
     loss = objective.step.eval_loss(state.params, batch)
@@ -103,10 +106,11 @@ def test_vae_loss_parts_recombine_with_the_configured_weights(vae):
     images = np.asarray(batch["video"]).reshape(-1, *batch["video"].shape[2:])
     mean, logvar = (np.asarray(a, np.float64) for a in model.latent_dist(jnp.asarray(images)))
     decoded = np.asarray(model.decode(jnp.asarray(mean, jnp.float32), config.data.num_frames), np.float64)
-    recon = np.mean(np.abs(decoded - images))
+    error = decoded - images
+    recon_value = np.mean(np.abs(error)) if recon == "l1" else np.mean(np.square(error))
     kl = np.mean(0.5 * (mean ** 2 + np.exp(logvar) - 1 - logvar))
-    np.testing.assert_allclose([float(parts["recon"]), float(parts["kl"])], [recon, kl], rtol=1e-5)
-    np.testing.assert_allclose(float(loss), 2.0 * recon + 0.05 * kl, rtol=1e-5)
+    np.testing.assert_allclose([float(parts["recon"]), float(parts["kl"])], [recon_value, kl], rtol=1e-5)
+    np.testing.assert_allclose(float(loss), 2.0 * recon_value + 0.05 * kl, rtol=1e-5)
 
 
 def test_vae_decoder_only_fine_tuning_leaves_the_encoder_untouched():

@@ -135,7 +135,8 @@ class DenoiseObjective:
 
     def initial_weights(self, shardings=None, names: tuple[str, ...] | None = None):
         seed, models = self.config.seed, self.models
-        scratch = lambda: scratch_params(models.random_generator_params(seed), self.config.get("scratch_init", "torch"))
+        kind = self.config.get("scratch_init", "torch")
+        scratch = lambda: scratch_params(models.random_generator_params(seed), kind)
         components = {"unet": Component(models.abstract_g, scratch, False, getattr(shardings, "params", None)),
                       **_encoder_components(models, seed, shardings, required=False)}
         components = {k: v for k, v in components.items() if names is None or k in names}
@@ -200,7 +201,8 @@ class VAEObjective:
 
     def initial_weights(self, shardings=None, names: tuple[str, ...] | None = None):
         models = self.models
-        scratch = lambda: scratch_params(models.random_params(self.config.seed + 2), self.config.get("scratch_init", "torch"))
+        kind = self.config.get("scratch_init", "torch")
+        scratch = lambda: scratch_params(models.random_params(self.config.seed + 2), kind)
         components = {"vae": Component(models.abstract, scratch, True, getattr(shardings, "params", None))}
         return initial_components(self.config.init_checkpoint, models.options, components)
 
