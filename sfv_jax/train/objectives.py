@@ -60,6 +60,11 @@ def _encoder_components(models: SFVModels, seed: int, shardings, required: bool)
                             required, targets.get(name)) for name in ENCODERS}
 
 
+def _from_scratch(config, draw):
+    """The random-weights source of a trained component: draw() (torch's init) as config.scratch_init says."""
+    return lambda: scratch_params(draw(), config.get("scratch_init", "torch"))
+
+
 class SFVObjective:
     """SF-V's adversarial fine-tuning (sfv_jax.train.step); the state is sfv_jax.train.state.TrainState."""
 
@@ -135,8 +140,7 @@ class DenoiseObjective:
 
     def initial_weights(self, shardings=None, names: tuple[str, ...] | None = None):
         seed, models = self.config.seed, self.models
-        kind = self.config.get("scratch_init", "torch")
-        scratch = lambda: scratch_params(models.random_generator_params(seed), kind)
+        scratch = _from_scratch(self.config, lambda: models.random_generator_params(seed))
         components = {"unet": Component(models.abstract_g, scratch, False, getattr(shardings, "params", None)),
                       **_encoder_components(models, seed, shardings, required=False)}
         components = {k: v for k, v in components.items() if names is None or k in names}
@@ -201,8 +205,7 @@ class VAEObjective:
 
     def initial_weights(self, shardings=None, names: tuple[str, ...] | None = None):
         models = self.models
-        kind = self.config.get("scratch_init", "torch")
-        scratch = lambda: scratch_params(models.random_params(self.config.seed + 2), kind)
+        scratch = _from_scratch(self.config, lambda: models.random_params(self.config.seed + 2))
         components = {"vae": Component(models.abstract, scratch, True, getattr(shardings, "params", None))}
         return initial_components(self.config.init_checkpoint, models.options, components)
 
