@@ -84,10 +84,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         # frames need at a fraction of the step time on this 2-core machine (BENCHMARKS.md "Toy SVD stack");
         # eval_loss still reconstructs whole 64x64 frames.
         config.vae_loss.crop = 32
-        # From torch's default init the VAE learnt colour too slowly to be useful here (BENCHMARKS.md "Toy SVD
-        # stack"): it starts with identity residual branches and mixing convs, and learns by L2, whose gradient
-        # shrinks with the error (L1's does not, so Adam's steps stay large near the answer).
-        config.scratch_init = "identity"
+        # From torch's default init (and from the identity start alone) the joint VAE learnt shapes within ~50
+        # steps but stayed grey in hue for hundreds (BENCHMARKS.md "Toy SVD stack"): its encoder had no colour
+        # code for the decoder to learn from. The pooling start gives it one: the encoder begins as 8x8 patch
+        # means of the colours (sfv_jax.models.scratch_init), the decoder at the identity start, and both train.
+        # L2, whose gradient shrinks with the error (L1's does not, so Adam's steps stay large near the answer).
+        config.scratch_init = "pooling"
         config.vae_loss.recon = "l2"
         config.global_batch_size = 4
         config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)

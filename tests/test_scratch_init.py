@@ -11,7 +11,7 @@ from flax import nnx
 from sfv_jax.models.conv_paths import conv_channels_last
 from sfv_jax.models.nnx_state import flatten
 from sfv_jax.models.resnet import ResnetBlock2D, TemporalResnetBlock
-from sfv_jax.models.scratch_init import identity_kernel, identity_start, scratch_params
+from sfv_jax.models.scratch_init import POOLING_LOGVAR, identity_kernel, identity_start, pooling_encoder, scratch_params
 from sfv_jax.train.objectives import make_objective
 from tests.train_helpers import micro_toy_config
 
@@ -99,3 +99,45 @@ def test_scratch_init_reaches_the_trained_component_only(variant):
 def test_unknown_scratch_init_is_named():
     with pytest.raises(ValueError, match="scratch_init='xavier'"):
         scratch_params({}, "xavier")
+
+
+def _vae_with_widths(widths: tuple[int, ...]):
+    """The micro toy VAE's graph at block_out_channels=widths (one DownEncoderBlock2D per level) and its random params."""
+    blocks = ", ".join(["'DownEncoderBlock2D'"] * len(widths))
+    objective = make_objective(micro_toy_config("vae", f"vae.block_out_channels={widths}",
+                                                f"vae.down_block_types=({blocks},)"))
+    return objective.models, objective.models.random_params(5)
+
+
+@pytest.mark.parametrize("widths", [(64, 128), (64, 64, 128)])
+def test_pooling_encoder_means_are_patch_means(widths):
+    """At the pooling start the posterior means are the frames' f x f patch means (f = 2 per downsampler), colour c
+    in latent channel c, the 4th channel zero, log-variances POOLING_LOGVAR. Bound 2.5e-3: the encoder's last
+    GroupNorm divides by sqrt(K^2 + mean(x^2)) where the start assumes K, a relative error <= 1/(2 K^2) = 0.2% for
+    |x| <= 1. Catches a downsampling window off by one pixel (the VAE pads right/bottom only), a lost SiLU
+    correction, a wrong carrier scale and colours swapped between channels."""
+    models, params = _vae_with_widths(widths)
+    factor = 2 ** (len(widths) - 1)
+    images = jax.random.uniform(jax.random.key(2), (3, 16, 16, 3), minval=-1, maxval=1)
+    mean, logvar = models.vae(scratch_params(params, "pooling")).latent_dist(images)
+    patch_means = np.asarray(images).reshape(3, 16 // factor, factor, 16 // factor, factor, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(np.asarray(mean[..., :3]), patch_means, atol=2.5e-3, rtol=0)
+    assert np.all(np.asarray(mean[..., 3]) == 0.0)
+    np.testing.assert_array_equal(np.asarray(logvar), POOLING_LOGVAR)
+
+
+def test_pooling_start_leaves_the_decoder_at_the_identity_start():
+    """Catches the pooling start reaching into the decoder (its keys also hold conv_in, conv_out, attentions)."""
+    models, params = _vae_with_widths((64, 128))
+    pooled, identity = flatten(scratch_params(params, "pooling")), flatten(identity_start(params))
+    decoder_keys = [k for k in pooled if k.startswith("decoder.")]
+    assert decoder_keys
+    for key in decoder_keys:
+        np.testing.assert_array_equal(np.asarray(pooled[key]), np.asarray(identity[key]))
+
+
+def test_pooling_start_names_an_encoder_too_narrow_for_it(vae_models):
+    """The micro toy VAE ends at 64 channels, 2 per GroupNorm group: the (x, -x, K, -K) lanes cannot fit."""
+    _, params = vae_models
+    with pytest.raises(ValueError, match=">= 4 channels per GroupNorm group"):
+        pooling_encoder(identity_start(params))
