@@ -9,10 +9,13 @@ from sfv_jax.errors import SfvError
 
 
 def _add_convert(subparsers):
-    p = subparsers.add_parser("convert", help="diffusers folder -> sfv-jax (Orbax) checkpoint")
+    p = subparsers.add_parser("convert", help="diffusers folder (or a training workdir) -> sfv-jax (Orbax) checkpoint")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--diffusers", metavar="DIR", help="a diffusers unet/ folder or a whole SVD pipeline folder")
     src.add_argument("--hf-repo", metavar="ID", help="a Hugging Face repo id to download first")
+    src.add_argument("--workdir", metavar="DIR",
+                     help="a training workdir: its latest checkpoint's models (the generator's EMA weights) as a "
+                          "standalone checkpoint, e.g. to ship a trained model in bfloat16")
     p.add_argument("--revision", default=None, help="git revision of --hf-repo")
     p.add_argument("--variant", default=None, help="weights variant to read, e.g. fp16")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint folder to create")
@@ -37,6 +40,8 @@ def _run_convert(args):
 
     start = time.perf_counter()
     _refuse_existing(args.out, args.overwrite)
+    if args.workdir:
+        return _convert_workdir(args, start)
     folder = args.diffusers or download_pipeline(args.hf_repo, args.revision, args.variant)
     pipeline = read_pipeline_configs(folder)  # None for a single component folder
     # Progress bars only on a terminal: a failed run prints its one-line error and nothing else.
@@ -45,6 +50,24 @@ def _run_convert(args):
              **({"variant": args.variant} if args.variant else {}), **({"pipeline": pipeline} if pipeline else {})}
     save_checkpoint(args.out, modules, extra=extra, dtype=args.dtype, overwrite=args.overwrite)
     print(f"wrote {args.out} ({', '.join(modules)}{' + pipeline configs' if pipeline else ''}, {args.dtype}) "
+          f"in {time.perf_counter() - start:.1f}s")
+
+
+def _convert_workdir(args, start: float) -> None:
+    """A training workdir's latest models (EMA generator, frozen encoders) -> a standalone sfv-jax checkpoint."""
+    import time
+
+    from sfv_jax.checkpoint import load_checkpoint, read_index, save_checkpoint, train_state_step
+
+    index = read_index(args.workdir)
+    step = train_state_step(args.workdir, index)
+    if step is None:
+        raise SfvError(f"{args.workdir}: is a converted checkpoint, not a training workdir; use it as it is")
+    modules = load_checkpoint(args.workdir)
+    # The run's pipeline configs and objective stay, so the copy loads as the workdir does (a pipeline or a VAE).
+    extra = {**index.get("extra", {}), "source": args.workdir, "step": step}
+    save_checkpoint(args.out, modules, extra=extra, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {args.out} ({', '.join(modules)} of step {step}, EMA, {args.dtype}) "
           f"in {time.perf_counter() - start:.1f}s")
 
 

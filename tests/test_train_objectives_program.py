@@ -150,6 +150,44 @@ def test_exported_teacher_samples_25_steps_like_sfv_pipeline_in_diffusers(teache
     assert err <= 1e-4
 
 
+def test_a_teacher_workdir_converts_to_a_standalone_checkpoint(teacher_run, tmp_path):
+    """`sfv-jax convert --workdir` (how the toy models ship): in float32 the standalone copy holds exactly the
+    pipeline SFVPipeline.from_pretrained(workdir) loads (EMA generator, the run's VAE and CLIP), with no reference
+    to the workdir's train states; in bfloat16 every stored array is bfloat16 and the loaded pipeline stays within
+    bf16 rounding (rel L2 <= 1e-2). Catches a copy of the raw weights for EMA ones, a copy that still reads from the
+    workdir, or a --dtype that is not applied."""
+    import json
+
+    import ml_dtypes
+    import orbax.checkpoint as ocp
+
+    from sfv_jax.cli import main
+    from sfv_jax.models.nnx_state import flat_params
+    from sfv_jax.pipeline import COMPONENTS, SFVPipeline
+    from tests.reference import rel_err
+
+    workdir, _ = teacher_run
+    exact, half = tmp_path / "f32", tmp_path / "bf16"
+    assert main(["convert", "--workdir", workdir, "--out", str(exact)]) == 0
+    assert main(["convert", "--workdir", workdir, "--out", str(half), "--dtype", "bfloat16"]) == 0
+    index = json.loads((exact / "sfv_jax.json").read_text())
+    assert "params_from" not in index and index["extra"]["step"] == TOTAL
+    source, copy = SFVPipeline.from_pretrained(workdir), SFVPipeline.from_pretrained(str(exact))
+    raw = SFVPipeline.from_pretrained(workdir, ema=False)
+    for name in COMPONENTS:
+        want, got = flat_params(getattr(source, name)), flat_params(getattr(copy, name))
+        assert want.keys() == got.keys()
+        assert all(np.array_equal(want[k], got[k]) for k in want), name
+    raw_unet, copy_unet = flat_params(raw.unet), flat_params(copy.unet)
+    assert any(not np.array_equal(raw_unet[k], copy_unet[k]) for k in raw_unet), "the copy holds the raw weights"
+    stored = ocp.PyTreeCheckpointer().restore(str(half / "params"))
+    assert {np.asarray(a).dtype for tree in stored.values() for a in tree.values()} == {np.dtype(ml_dtypes.bfloat16)}
+    halved = flat_params(SFVPipeline.from_pretrained(str(half)).unet)
+    want = flat_params(source.unet)
+    err = max(rel_err(np.asarray(halved[k]), np.asarray(want[k])) for k in want if np.any(want[k]))
+    assert err <= 1e-2, err
+
+
 def test_a_vae_workdir_exports_as_a_diffusers_vae_folder(vae_run, tmp_path):
     """A vae-objective workdir exports its (EMA) VAE as a component folder diffusers' AutoencoderKLTemporalDecoder
     loads, with the run's architecture. Catches an export that insists on a whole pipeline, or one that writes the

@@ -95,11 +95,16 @@ MICRO_TOY = ("unet.block_out_channels=(64,)", "unet.down_block_types=('CrossAttn
 # the micro VAE step with 2 micro-batches takes ~20 s scanned, ~1 s unrolled. The VAE's micro configs unroll;
 # both loops are checked against per-micro-batch gradients in tests/test_accumulate.py.
 VAE_LOOP = ("micro_batch_loop=unroll",)
+# The toy VAE's pooling start needs >= 4 channels per GroupNorm group in the encoder's last level, which the micro
+# VAE's 64 channels (2 per group) lack: micro runs start from the identity start. tests/test_scratch_init.py checks
+# the pooling start on VAEs wide enough for it.
+MICRO_VAE_START = ("scratch_init=identity",)
 
 
 def micro_toy_overrides(variant: str) -> tuple[str, ...]:
-    """The overrides that make configs/toy.py:VARIANT micro: MICRO_TOY, and VAE_LOOP for the vae variant."""
-    return (*MICRO_TOY, *(VAE_LOOP if variant == "vae" else ()))
+    """The overrides that make configs/toy.py:VARIANT micro: MICRO_TOY, and VAE_LOOP + MICRO_VAE_START for the vae
+    variant."""
+    return (*MICRO_TOY, *((*VAE_LOOP, *MICRO_VAE_START) if variant == "vae" else ()))
 
 
 def micro_toy_config(variant: str, *overrides: str):

@@ -1,6 +1,7 @@
 """Short toy-VAE training probes: held-out L1 after N steps for a config change, and the reference baselines.
 
     python tools/vae_probe.py --steps 150 [--posterior mean] [--groups 8] [--config.k=v ...]
+    python tools/vae_probe.py --checkpoint runs/toy/vae     # score a trained VAE (EMA weights) on the same clips
 
 Trains configs/toy.py:vae from random weights on random clips of the built-in synthetic videos (the training
 range [0, data.num_synthetic)) and prints, every 25 steps, the training reconstruction and the held-out L1 of 8
@@ -70,12 +71,25 @@ def chroma_error(vae, video: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(jnp.abs(chroma(decoded) - chroma(images))), jnp.mean(jnp.abs(chroma(images)))
 
 
+def score_checkpoint(path: str, video: jax.Array) -> None:
+    """Prints the held-out L1 and chroma error of the VAE stored at `path` (decoded from posterior means)."""
+    from sfv_jax.checkpoint import load_checkpoint
+    vae = load_checkpoint(path, names=["vae"])["vae"]
+    images = video.reshape(-1, *video.shape[2:])
+    decoded = jax.jit(lambda im: vae.decoder(vae.latent_dist(im)[0], video.shape[1]))(images)
+    error, grey = jnp.mean(jnp.abs(chroma(decoded) - chroma(images))), jnp.mean(jnp.abs(chroma(images)))
+    print(f"{path}: held-out L1 {float(jnp.mean(jnp.abs(decoded - images))):.4f}, chroma error {float(error):.4f} "
+          f"(grey: {float(grey):.4f}), {video.shape[0]} clips")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--posterior", choices=("sample", "mean"), default="sample")
     parser.add_argument("--groups", type=int, default=32, help="GroupNorm groups (32: SVD's; 0: none)")
     parser.add_argument("--baselines", action="store_true")
+    parser.add_argument("--checkpoint", metavar="CKPT_OR_WORKDIR",
+                        help="score this VAE (a vae run's workdir or any sfv-jax checkpoint holding a vae) and stop")
     args, overrides = parser.parse_known_args(argv)
     if args.groups != 32:
         patch_group_norm(args.groups)
@@ -87,6 +101,8 @@ def main(argv=None) -> None:
     if args.baselines:
         grid = config.data.height // 2 ** (len(config.vae.block_out_channels) - 1)
         print(baselines(np.asarray(heldout["video"]), grid))
+    if args.checkpoint:
+        return score_checkpoint(args.checkpoint, heldout["video"])
     objective = make_objective(config)
     if args.posterior == "mean":
         draw = objective.step.loss_parts
