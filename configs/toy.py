@@ -93,7 +93,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.vae_loss.recon = "l2"
         config.global_batch_size = 4
         config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)
-        config.total_steps = 1500
+        config.total_steps = 1000
         del config.sfv, config.disc
     elif variant == "teacher":
         config.objective = "denoise"
