@@ -19,7 +19,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.base-installed
 
 demo: $(VENV)/.base-installed
-	$(BIN)/sfv-jax demo --config configs/tiny_sfv.py:micro --workdir demo_out --compilation-cache .jax_cache
+	$(BIN)/sfv-jax demo --journey --config configs/tiny_sfv.py:micro --workdir demo_out --compilation-cache .jax_cache
 
 # Two pytest workers, one test file each at a time: most of the suite's time is XLA compiling, which runs on
 # one core. TEST_WORKERS=0 runs everything in this process.

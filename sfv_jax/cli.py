@@ -106,10 +106,20 @@ def _run_export(args):
 
 
 def _add_demo(subparsers):
-    p = subparsers.add_parser("demo", help="tiny end-to-end run on random weights, no downloads")
-    p.add_argument("--config", default="configs/tiny_sfv.py:micro", help="an SF-V training config file[:variant]")
-    p.add_argument("--train-steps", type=int, default=8, help="SF-V training steps to run")
-    p.add_argument("--workdir", default=None, help="where to keep the demo's files (default: a temp folder)")
+    p = subparsers.add_parser("demo", help="a shipped toy model makes a video from an image (no downloads); "
+                                           "--journey: convert -> train -> export on random weights")
+    p.add_argument("--checkpoint", default=None, metavar="CKPT_OR_WORKDIR",
+                   help="a pipeline checkpoint or training workdir (default: the shipped models/toy/student)")
+    p.add_argument("--image", default=None, help="input image (default: a held-out synthetic first frame)")
+    p.add_argument("--steps", type=int, default=1, help="sampler steps (1: one UNet call)")
+    p.add_argument("--sampler", choices=("euler", "sfv"), default="euler",
+                   help="euler: SVD's sampler (one step: x0 = D(x; sigma_max)); sfv: SF-V's 1-3 step refinement")
+    p.add_argument("--seed", type=int, default=0, help="picks the held-out clip and the noise")
+    p.add_argument("--workdir", default="demo_out", help="where the demo writes its files")
+    p.add_argument("--journey", action="store_true",
+                   help="instead: a tiny random SVD written as diffusers, converted, SF-V-trained, sampled, exported")
+    p.add_argument("--config", default="configs/tiny_sfv.py:micro", help="--journey: the SF-V training config")
+    p.add_argument("--train-steps", type=int, default=8, help="--journey: SF-V training steps to run")
     p.add_argument("--compilation-cache", metavar="DIR", default=None,
                    help="persistent JAX compilation cache (default: $SFV_JAX_COMPILATION_CACHE, else off)")
     p.set_defaults(run=_run_demo)
@@ -117,10 +127,18 @@ def _add_demo(subparsers):
 
 def _run_demo(args):
     from sfv_jax.compilation_cache import enable_compilation_cache
-    from sfv_jax.demo import run
 
     enable_compilation_cache(args.compilation_cache)
-    run(args.config, args.workdir, args.train_steps)
+    if args.journey:
+        from sfv_jax.demo.journey import run
+        run(args.config, args.workdir, args.train_steps)
+        return
+    if args.steps < 1:
+        raise SfvError(f"--steps must be >= 1, got {args.steps}")
+    if args.sampler == "sfv" and args.steps > 3:
+        raise SfvError(f"--sampler sfv runs 1 to 3 steps, got --steps {args.steps}")
+    from sfv_jax.demo.shipped import run
+    run(args.checkpoint, args.image, args.workdir, args.steps, args.sampler, args.seed)
 
 
 DESCRIPTION = ("Stable Video Diffusion and SF-V (one-step image-to-video) in JAX. Commands: {commands}. "

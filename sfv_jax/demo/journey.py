@@ -1,4 +1,4 @@
-"""`make demo`: the whole user journey on a tiny random SVD, no downloads.
+"""`sfv-jax demo --journey`: the whole user journey on a tiny random SVD, no downloads.
 
 1. builds the config's tiny pipeline (UNet, temporal VAE, CLIP) with random weights and writes it
    as a diffusers StableVideoDiffusionPipeline folder (standing in for the downloaded SVD);
@@ -19,26 +19,16 @@ import time
 
 import jax
 import numpy as np
-import PIL.Image
 from flax import nnx
 
 from sfv_jax.checkpoint import load_checkpoint, read_index, save_checkpoint
 from sfv_jax.config import load_config
 from sfv_jax.convert.pipeline import load_diffusers_folder, read_pipeline_configs, write_diffusers_folder
 from sfv_jax.convert.svd_pipeline_files import svd_pipeline_files
-from sfv_jax.diffusion.image_to_video import STAGES
+from sfv_jax.demo.images import synthetic_image
+from sfv_jax.demo.timings import describe_timings
 from sfv_jax.models.factory import random_components
 from sfv_jax.video_io import contact_sheet_path, write_contact_sheet, write_video
-
-
-def synthetic_image(height: int, width: int, seed: int) -> PIL.Image.Image:
-    """A smooth colour gradient with a disc: a deterministic stand-in for a photo."""
-    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
-    rng = np.random.default_rng(seed)
-    cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.3)
-    disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2)[..., None]
-    rgb = np.stack([xx, yy, 1 - xx], -1) * (1 - disc) + disc * np.array([1.0, 0.8, 0.2])
-    return PIL.Image.fromarray((rgb * 255).astype(np.uint8))
 
 
 def run(config_spec: str = "configs/tiny_sfv.py:micro", workdir: str | None = None, train_steps: int = 8) -> None:
@@ -85,12 +75,8 @@ def run(config_spec: str = "configs/tiny_sfv.py:micro", workdir: str | None = No
         frames = pipe(image, num_frames=config.data.num_frames, height=config.data.height, width=config.data.width,
                       num_inference_steps=1, seed=config.seed)
         total = time.perf_counter() - start
-        timings = ", ".join(f"{s} {pipe.last_timings[s]['run_s'] * 1e3:.0f} ms"
-                            + (f" (+{pipe.last_timings[s]['compile_s']:.1f}s compile)"
-                               if pipe.last_timings[s]["compile_s"] > 0.05 else "")
-                            for s in STAGES if s in pipe.last_timings)
         print(f"4. one-step SF-V from the workdir's EMA weights, {call}: frames {frames.shape} in "
-              f"[{frames.min():.2f}, {frames.max():.2f}], {total:.2f}s: {timings}")
+              f"[{frames.min():.2f}, {frames.max():.2f}], {total:.2f}s: {describe_timings(pipe.last_timings)}")
     video = os.path.join(workdir, "video_1step.gif")
     frames_uint8 = np.round(frames * 255).astype(np.uint8)
     write_video(frames_uint8, video, fps=7)
