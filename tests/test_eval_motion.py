@@ -51,6 +51,26 @@ def test_tracked_velocities_are_the_declared_ones(clips):
     assert checked >= 10
 
 
+def soft_edges(clip: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> the same clip under a 3x3 box blur per frame: each shape's edge blends with what lies
+    behind it, as a VAE decoder's output does."""
+    padded = np.pad(clip.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = clip.shape[1:3]
+    blurred = sum(padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) / 9
+    return np.round(blurred).astype(np.uint8)
+
+
+def test_soft_edged_clips_are_still_judged_and_pass(clips):
+    """Blurred real clips keep their shapes, sizes and motion, so they are judged about as often as the sharp ones
+    and pass. Catches a report that counts the blended edge pixels as shapes of their own (each then touches its
+    shape in every frame, and almost no clip is judged: a generator's output would never be scored)."""
+    _, real, _ = clips
+    sharp, soft = motion_report(real), motion_report(np.stack([soft_edges(c) for c in real]))
+    judged = lambda r: r["num_clips"] - r["clips_not_judged"]  # noqa: E731
+    assert judged(soft) >= 0.8 * judged(sharp), (judged(soft), judged(sharp))
+    assert soft["coherent_share"] >= 0.9, soft
+
+
 def test_a_clip_without_shapes_fails(clips):
     """Catches counting a blank (collapsed) generator output as coherent."""
     _, real, _ = clips

@@ -6,7 +6,9 @@ each shape's colour and size and moves it in a straight line at constant speed. 
 
 1. foreground = pixels whose brightest channel is >= `foreground` (144, between the two ranges);
 2. the shapes' colours = clusters of the first frame's foreground colours (the most common colour, everything
-   within `colour_radius` of it, repeat), each with at least `min_pixels` pixels;
+   within `colour_radius` of it, repeat), each covering at least `min_area` of the frame (the data's smallest
+   shape covers ~3%; a smaller cluster is a decoder's blend of a shape's edge with what lies behind it, and
+   counting it as a shape would mark the real one as touching another in every frame);
 3. in every frame, each foreground pixel belongs to the nearest shape colour within `colour_radius`: a shape's
    area, centroid and mean colour per frame;
 4. frames where a shape touches another one (one may hide part of the other: the data draws them on top of each
@@ -36,7 +38,7 @@ from sfv_jax.errors import SfvError
 class Tolerances:
     foreground: int = 144
     colour_radius: float = 48.0
-    min_pixels: int = 3
+    min_area: float = 0.01  # of the frame's pixels (41 at 64x64), at least 3 pixels
     colour_tol: float = 24.0
     size_tol: float = 0.25
     centroid_tol: float = 1.0
@@ -73,20 +75,59 @@ class ShapeTrack:
 def shape_colours(frame: np.ndarray, tol: Tolerances) -> list[np.ndarray]:
     """Colours (3,) float of the shapes in one uint8 frame (H, W, 3), most pixels first."""
     pixels = frame[frame.max(axis=-1) >= tol.foreground].astype(np.float64)
+    min_pixels = max(3, int(np.ceil(tol.min_area * frame.shape[0] * frame.shape[1])))
     colours = []
-    while len(pixels) >= tol.min_pixels and len(colours) < tol.max_shapes:
+    while len(pixels) >= min_pixels and len(colours) < tol.max_shapes:
         bins = (pixels // 32).astype(np.int64) @ np.array([64, 8, 1])
         centre = np.median(pixels[bins == np.bincount(bins).argmax()], axis=0)
         near = np.linalg.norm(pixels - centre, axis=1) <= tol.colour_radius
-        if near.sum() >= tol.min_pixels:
+        if near.sum() >= min_pixels:
             colours.append(np.median(pixels[near], axis=0))
         pixels = pixels[~near]
     return colours
 
 
+def label_frame(frame: np.ndarray, palette: np.ndarray, tol: Tolerances) -> np.ndarray:
+    """(H, W) int: each foreground pixel's nearest palette colour within `colour_radius`, else -1."""
+    labels = np.full(frame.shape[:2], -1)
+    ys, xs = np.nonzero(frame.max(axis=-1) >= tol.foreground)
+    if len(palette) and len(ys):
+        distance = np.linalg.norm(frame[ys, xs].astype(np.float64)[:, None, :] - palette[None], axis=-1)  # (n, K)
+        nearest = distance.argmin(axis=1)
+        close = distance[np.arange(len(ys)), nearest] <= tol.colour_radius
+        labels[ys[close], xs[close]] = nearest[close]
+    return labels
+
+
+def _neighbours(mask: np.ndarray) -> np.ndarray:
+    """The pixels with an 8-neighbour in `mask` (H, W) bool."""
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    return np.any([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                   if dy or dx], axis=0)
+
+
+def drop_halos(frame: np.ndarray, colours: list[np.ndarray], tol: Tolerances) -> list[np.ndarray]:
+    """The colours less those of halos: clusters most of whose pixels border a larger cluster. A soft-edged
+    (decoded) shape has a rim of its colour blended with the background, bright enough to be foreground and far
+    enough in colour to cluster apart; counted as a shape, it would touch the real one in every frame. A real
+    shape bordering a larger one (occluded) borders it along an edge only, not with most of its pixels."""
+    if len(colours) < 2:
+        return colours
+    labels = label_frame(frame, np.stack(colours), tol)
+    areas = np.array([(labels == k).sum() for k in range(len(colours))])
+    keep = []
+    for k, colour in enumerate(colours):
+        mine = labels == k
+        larger = np.isin(labels, np.flatnonzero(areas > areas[k]))
+        if not mine.any() or (mine & _neighbours(larger)).sum() <= 0.5 * mine.sum():
+            keep.append(colour)
+    return keep
+
+
 def track_shapes(clip: np.ndarray, tol: Tolerances = Tolerances()) -> list[ShapeTrack]:
     """Tracks the shapes of the first frame through uint8 clip (T, H, W, 3) by colour."""
-    colours = shape_colours(clip[0], tol)
+    colours = drop_halos(clip[0], shape_colours(clip[0], tol), tol)
     t_len = clip.shape[0]
     tracks = [ShapeTrack(c, np.zeros(t_len), np.full((t_len, 2), np.nan), np.full((t_len, 3), np.nan),
                          np.zeros(t_len, bool)) for c in colours]
@@ -94,34 +135,23 @@ def track_shapes(clip: np.ndarray, tol: Tolerances = Tolerances()) -> list[Shape
         return tracks
     palette = np.stack(colours)
     for t, frame in enumerate(clip):
-        ys, xs = np.nonzero(frame.max(axis=-1) >= tol.foreground)
-        pixels = frame[ys, xs].astype(np.float64)
-        distance = np.linalg.norm(pixels[:, None, :] - palette[None], axis=-1)  # (n, K)
-        nearest = distance.argmin(axis=1)
-        close = distance[np.arange(len(pixels)), nearest] <= tol.colour_radius
-        labels = np.full(frame.shape[:2], -1)
-        labels[ys[close], xs[close]] = nearest[close]
+        labels = label_frame(frame, palette, tol)
         for k, track in enumerate(tracks):
-            mine = close & (nearest == k)
+            mine = labels == k
             if mine.any():
-                track.area[t] = mine.sum()
-                track.centroid[t] = xs[mine].mean(), ys[mine].mean()
-                track.mean_colour[t] = pixels[mine].mean(axis=0)
+                ys, xs = np.nonzero(mine)
+                track.area[t] = len(ys)
+                track.centroid[t] = xs.mean(), ys.mean()
+                track.mean_colour[t] = frame[ys, xs].astype(np.float64).mean(axis=0)
                 track.touching[t] = _touches_other(labels, k)
     return tracks
 
 
 def _touches_other(labels: np.ndarray, k: int) -> bool:
-    """Whether a pixel labelled k has an 8-neighbour labelled with another shape (labels (H, W), -1 = none)."""
-    padded = np.pad(labels, 1, constant_values=-1)
-    h, w = labels.shape
-    mine = labels == k
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            around = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-            if np.any(mine & (around >= 0) & (around != k)):
-                return True
-    return False
+    """Whether a pixel labelled k lies within 2 pixels (8-connected steps) of one labelled with another shape
+    (labels (H, W), -1 = none): where a decoded shape meets another, their colours blend into pixels neither
+    claims, so touching shapes are a pixel or two apart."""
+    return bool(np.any(_neighbours(_neighbours(labels == k)) & (labels >= 0) & (labels != k)))
 
 
 def judge_shape(track: ShapeTrack, tol: Tolerances) -> dict | None:
