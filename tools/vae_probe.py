@@ -2,6 +2,8 @@
 
     python tools/vae_probe.py --steps 150 [--posterior mean] [--groups 8] [--config.k=v ...]
     python tools/vae_probe.py --checkpoint runs/toy/vae     # score a trained VAE (EMA weights) on the same clips
+    python tools/vae_probe.py --checkpoint runs/toy/vae --motion-clips 64   # + the motion report of its
+                                                            # reconstructions of `sfv-jax eval toy`'s held-out clips
 
 Trains configs/toy.py:vae from random weights on random clips of the built-in synthetic videos (the training
 range [0, data.num_synthetic)) and prints, every 25 steps, the training reconstruction and the held-out L1 of 8
@@ -82,6 +84,27 @@ def score_checkpoint(path: str, video: jax.Array) -> None:
           f"(grey: {float(grey):.4f}), {video.shape[0]} clips")
 
 
+def reconstruction_motion(path: str, num_clips: int, config) -> None:
+    """Prints the motion report of the VAE's reconstructions of `sfv-jax eval toy`'s first K held-out clips."""
+    from sfv_jax.checkpoint import load_checkpoint
+    from sfv_jax.eval.motion import motion_report
+    from sfv_jax.eval.toy import heldout_synthetic
+    vae = load_checkpoint(path, names=["vae"])["vae"]
+    t, h, w = config.data.num_frames, config.data.height, config.data.width
+    real = heldout_synthetic(num_clips, t, h, w, seed=0)
+    decode = jax.jit(lambda im: vae.decoder(vae.latent_dist(im)[0], t))
+    decoded = []
+    for first in range(0, num_clips, 8):
+        images = frames_to_unit_range(jnp.asarray(real[first:first + 8])).reshape(-1, h, w, 3)
+        out = np.asarray(decode(images)).reshape(-1, t, h, w, 3)
+        decoded.append(np.clip(np.round((out + 1) * 127.5), 0, 255).astype(np.uint8))
+    report = motion_report(np.concatenate(decoded), real)
+    keys = ("num_shapes", "clips_not_judged", "coherent_share", "keeps_colour_share", "keeps_size_share",
+            "constant_velocity_share", "median_centroid_error_px")
+    print("reconstructions:", {k: report[k] for k in keys})
+    print("held-out clips: ", {k: report["real"][k] for k in keys})
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
@@ -90,6 +113,9 @@ def main(argv=None) -> None:
     parser.add_argument("--baselines", action="store_true")
     parser.add_argument("--checkpoint", metavar="CKPT_OR_WORKDIR",
                         help="score this VAE (a vae run's workdir or any sfv-jax checkpoint holding a vae) and stop")
+    parser.add_argument("--motion-clips", type=int, default=0, metavar="K",
+                        help="with --checkpoint: the motion report of the VAE's reconstructions of K held-out clips "
+                             "(the ceiling of any generator decoding through it) next to the clips' own")
     args, overrides = parser.parse_known_args(argv)
     if args.groups != 32:
         patch_group_norm(args.groups)
@@ -102,7 +128,10 @@ def main(argv=None) -> None:
         grid = config.data.height // 2 ** (len(config.vae.block_out_channels) - 1)
         print(baselines(np.asarray(heldout["video"]), grid))
     if args.checkpoint:
-        return score_checkpoint(args.checkpoint, heldout["video"])
+        score_checkpoint(args.checkpoint, heldout["video"])
+        if args.motion_clips:
+            reconstruction_motion(args.checkpoint, args.motion_clips, config)
+        return
     objective = make_objective(config)
     if args.posterior == "mean":
         draw = objective.step.loss_parts
