@@ -93,10 +93,9 @@ def card(workdir: str, model: str, command: str, table: str | None) -> str:
         f"| machine | 2-core AMD EPYC CPU, 24 GB RAM, no accelerator (shared: timings drift up to 1.5x) |",
         f"| code | sfv-jax commit {git_commit()} |", "",
         "Reproduce:", "", "```bash", command, "```", "",
-        "Held-out `eval_loss` during training:", "",
-        "| step | " + " | ".join(str(s) for s, _ in evals) + " |",
-        "|---|" + "---|" * len(evals),
-        "| eval_loss | " + " | ".join(f"{v:.4f}" for _, v in evals) + " |", ""]
+        "Held-out `eval_loss` during training (every eighth of the run; all of it in the workdir's metrics.jsonl):",
+        "", "| step | eval_loss |", "|---|---|",
+        *[f"| {s} | {v:.4f} |" for s, v in evals if s % max(step // 8, 1) == 0 or s == evals[-1][0]], ""]
     if table:
         lines += ["## Evaluation", "", open(table).read().strip(), ""]
     return "\n".join(lines)
