@@ -71,6 +71,22 @@ def test_soft_edged_clips_are_still_judged_and_pass(clips):
     assert soft["coherent_share"] >= 0.9, soft
 
 
+def test_a_two_tone_shape_is_one_object():
+    """A square shaded in two near colours (60 apart: two colour clusters) gliding at 2 px/frame is one shape that
+    keeps colour, size and a constant velocity. Catches a tracker that splits it into two shapes, each touching
+    the other in every frame, so that the clip is never judged (a generator's shading would hide its motion)."""
+    clip = np.full((10, 40, 56, 3), 30, np.uint8)
+    for t in range(10):
+        x = 6 + 2 * t
+        clip[t, 14:26, x:x + 6] = (200, 60, 60)
+        clip[t, 14:26, x + 6:x + 12] = (200, 120, 60)
+    tracks = track_shapes(clip)
+    assert len(tracks) == 1, [t.colour for t in tracks]
+    verdict = judge_shape(tracks[0], Tolerances())
+    assert verdict["colour"] and verdict["size"] and verdict["velocity"], verdict
+    assert abs(verdict["speed"] - 2.0) < 0.05, verdict
+
+
 def test_a_clip_without_shapes_fails(clips):
     """Catches counting a blank (collapsed) generator output as coherent."""
     _, real, _ = clips

@@ -8,10 +8,11 @@ each shape's colour and size and moves it in a straight line at constant speed. 
 2. the shapes' colours = clusters of the first frame's foreground colours (the most common colour, everything
    within `colour_radius` of it, repeat), each covering at least `min_area` of the frame (the data's smallest
    shape covers ~3%; a smaller cluster is a decoder's blend of a shape's edge with what lies behind it, and
-   counting it as a shape would mark the real one as touching another in every frame);
+   counting it as a shape would mark the real one as touching another in every frame), less halos (drop_halos);
+   clusters of near colours that share a foreground region in every frame are parts of one shape (group_parts);
 3. in every frame, each foreground pixel belongs to the nearest shape colour within `colour_radius`: a shape's
    area, centroid and mean colour per frame;
-4. frames where a shape touches another one (one may hide part of the other: the data draws them on top of each
+4. frames where a shape touches another one (comes within 2 px of it; one may hide part of the other: the data draws them on top of each
    other) do not count for its size and position; a shape clear of the others in fewer than half the frames
    (or 3) is not judged, and a clip with no judged shape is counted apart (`clips_not_judged`), not as a pass;
 5. per judged shape: keeps its colour (seen in >= 75% of frames, median colour drift <= `colour_tol`), keeps its size
@@ -125,25 +126,60 @@ def drop_halos(frame: np.ndarray, colours: list[np.ndarray], tol: Tolerances) ->
     return keep
 
 
+def group_parts(labels: list[np.ndarray], colours: list[np.ndarray], tol: Tolerances) -> np.ndarray:
+    """(K,) the object each colour cluster belongs to: two clusters are parts of one object when their colours are
+    within 2 colour_radius and, in every frame showing both (at least half the frames, and 3), they lie in one
+    8-connected foreground region. A generated shape may shade from one colour to a near one, which clusters as
+    two parts; they move together. The data's shapes are flat, and two of them overlap in every frame only when
+    they move alike, which a random draw of two velocities rarely gives."""
+    from scipy import ndimage
+    parent = list(range(len(colours)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    regions = [ndimage.label(frame >= 0, structure=np.ones((3, 3)))[0] for frame in labels]
+    needed = max(3, int(np.ceil(tol.min_clear * len(labels))))
+    for i in range(len(colours)):
+        for j in range(i + 1, len(colours)):
+            if np.linalg.norm(colours[i] - colours[j]) > 2 * tol.colour_radius:
+                continue
+            both = [(np.unique(r[f == i]), np.unique(r[f == j])) for f, r in zip(labels, regions)
+                    if (f == i).any() and (f == j).any()]
+            if len(both) >= needed and all(np.intersect1d(a, b).size for a, b in both):
+                parent[root(j)] = root(i)
+    roots = [root(i) for i in range(len(colours))]
+    return np.unique(roots, return_inverse=True)[1]
+
+
 def track_shapes(clip: np.ndarray, tol: Tolerances = Tolerances()) -> list[ShapeTrack]:
-    """Tracks the shapes of the first frame through uint8 clip (T, H, W, 3) by colour."""
+    """Tracks the shapes of the first frame through uint8 clip (T, H, W, 3) by colour (a shape may be several
+    colour clusters that move together: group_parts)."""
     colours = drop_halos(clip[0], shape_colours(clip[0], tol), tol)
+    if not colours:
+        return []
+    cluster_labels = [label_frame(frame, np.stack(colours), tol) for frame in clip]
+    group = np.append(group_parts(cluster_labels, colours, tol), -1)  # index -1 (no cluster) stays -1
+    labels = [group[frame] for frame in cluster_labels]
     t_len = clip.shape[0]
-    tracks = [ShapeTrack(c, np.zeros(t_len), np.full((t_len, 2), np.nan), np.full((t_len, 3), np.nan),
-                         np.zeros(t_len, bool)) for c in colours]
-    if not tracks:
-        return tracks
-    palette = np.stack(colours)
-    for t, frame in enumerate(clip):
-        labels = label_frame(frame, palette, tol)
+    tracks = []
+    for k in range(group.max() + 1):
+        parts = np.flatnonzero(group[:-1] == k)
+        # One cluster keeps its own colour; an object of several parts, the mean of its first-frame pixels.
+        colour = colours[parts[0]] if len(parts) == 1 else clip[0][labels[0] == k].astype(np.float64).mean(axis=0)
+        tracks.append(ShapeTrack(colour, np.zeros(t_len), np.full((t_len, 2), np.nan), np.full((t_len, 3), np.nan),
+                                 np.zeros(t_len, bool)))
+    for t, (frame, frame_labels) in enumerate(zip(clip, labels)):
         for k, track in enumerate(tracks):
-            mine = labels == k
+            mine = frame_labels == k
             if mine.any():
                 ys, xs = np.nonzero(mine)
                 track.area[t] = len(ys)
                 track.centroid[t] = xs.mean(), ys.mean()
                 track.mean_colour[t] = frame[ys, xs].astype(np.float64).mean(axis=0)
-                track.touching[t] = _touches_other(labels, k)
+                track.touching[t] = _touches_other(frame_labels, k)
     return tracks
 
 
