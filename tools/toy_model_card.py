@@ -81,8 +81,8 @@ def card(workdir: str, model: str, command: str, table: str | None) -> str:
         "| | |", "|---|---|",
         f"| data | `sfv_jax/data/synthetic.py`: {data['num_synthetic']} training clips (seed {config['seed']}), "
         f"{data['num_frames']} frames of {data['height']}x{data['width']}; held-out clips from another seed |",
-        f"| architecture | SVD's (every block type), widths {widths}; CLIP ViT {config['image_encoder']['num_hidden_layers']} "
-        f"layers, width {config['image_encoder']['hidden_size']} |",
+        f"| architecture | SVD's (every block type), widths {widths}; CLIP ViT "
+        f"{config['image_encoder']['num_hidden_layers']} layers, width {config['image_encoder']['hidden_size']} |",
         f"| parameters | {', '.join(f'{k} {v:,}' for k, v in counts.items())} |",
         f"| weights | bfloat16 sfv-jax checkpoint, {folder_bytes(model) / 2**20:.1f} MiB (EMA weights of the run) |",
         f"| started from | {config.get('init_checkpoint') or 'random weights'}; what that does not hold from "

@@ -12,9 +12,10 @@ each shape's colour and size and moves it in a straight line at constant speed. 
    clusters of near colours that share a foreground region in every frame are parts of one shape (group_parts);
 3. in every frame, each foreground pixel belongs to the nearest shape colour within `colour_radius`: a shape's
    area, centroid and mean colour per frame;
-4. frames where a shape touches another one (comes within 2 px of it; one may hide part of the other: the data draws them on top of each
-   other) do not count for its size and position; a shape clear of the others in fewer than half the frames
-   (or 3) is not judged, and a clip with no judged shape is counted apart (`clips_not_judged`), not as a pass;
+4. frames where a shape touches another one (comes within 2 px of it; one may hide part of the other: the data
+   draws them on top of each other) do not count for its size and position; a shape clear of the others in fewer
+   than half the frames (or 3) is not judged, and a clip with no judged shape is counted apart
+   (`clips_not_judged`), not as a pass;
 5. per judged shape: keeps its colour (seen in >= 75% of frames, median colour drift <= `colour_tol`), keeps its size
    (median |area / median area - 1| <= `size_tol`), constant velocity (least-squares line through its centroids,
    median distance to it <= `centroid_tol` pixels).
