@@ -105,6 +105,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.sfv.r1_mode = "approx"  # [ours] the exact double backward doubles the step's compile time
         config.disc.proj_dim = 64
         config.disc.cond_embed_dim = 64
+        # [ours] G learns at 10x the paper's 1e-5: the toy run is 1000 steps, not a long pod run. At the paper's
+        # rate the one-step clips had barely moved from the teacher's after 310 steps (BENCHMARKS.md "Toy SVD stack").
+        config.optim.g_lr = 1e-4
         config.total_steps = 1000
     config.lock()
     return config
