@@ -149,3 +149,23 @@ def test_notebook_runs_headless_on_a_tiny_checkpoint(tmp_path, monkeypatch):
     assert "2 video(s): batch split over the 2 device(s)" in outputs, outputs
     assert "**2 x cpu** (cpu" in outputs and "| UNet, 1 step |" in outputs, outputs  # the timing table
     assert "video/mp4" in json.dumps([c.get("outputs", []) for c in nb.cells])  # shown inline
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_notebook_runs_the_shipped_toy_student(tmp_path, monkeypatch):
+    """checkpoint="toy" loads models/toy/student from the checkout (no hub, no network) and makes clips of the toy
+    model's own shape (8 frames of 64x64) whatever num_frames / height / width say. Catches a "toy" that goes to the
+    hub, or that keeps the parameters cell's SVD size (which the toy model cannot make)."""
+    from sfv_jax.demo import synthetic_image
+
+    image_path = str(tmp_path / "input.png")
+    synthetic_image(50, 70, seed=3).save(image_path)
+    output = str(tmp_path / "out" / "clip.mp4")
+    nb = read_notebook()
+    inject_parameters(nb, dict(checkpoint="toy", image=image_path, output_path=output, num_frames=14,
+                               height=576, width=1024, num_videos=1, seed=1, install=False,
+                               compilation_cache=str(tmp_path / "jax_cache")))
+    kernel_environment(tmp_path, monkeypatch)
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": ROOT}})
+    client.execute()
+    assert read_video(output).shape == (8, 64, 64, 3)
