@@ -61,9 +61,14 @@ def training_seconds(metrics: list[dict]) -> float:
     return total
 
 
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def card(workdir: str, model: str, command: str, table: str | None) -> str:
-    config = json.load(open(os.path.join(workdir, "config.json")))
-    index = json.load(open(os.path.join(model, "sfv_jax.json")))
+    config = read_json(os.path.join(workdir, "config.json"))
+    index = read_json(os.path.join(model, "sfv_jax.json"))
     objective, step = index["extra"].get("objective", "sfv"), index["extra"]["step"]
     # The run may have gone on after the shipped checkpoint: its card describes the checkpoint.
     metrics = [m for m in read_metrics(os.path.join(workdir, "metrics.jsonl")) if m["step"] <= step]
@@ -97,7 +102,8 @@ def card(workdir: str, model: str, command: str, table: str | None) -> str:
         "", "| step | eval_loss |", "|---|---|",
         *[f"| {s} | {v:.4f} |" for s, v in evals if s % max(step // 8, 1) == 0 or s == evals[-1][0]], ""]
     if table:
-        lines += ["## Evaluation", "", open(table).read().strip(), ""]
+        with open(table) as f:
+            lines += ["## Evaluation", "", f.read().strip(), ""]
     return "\n".join(lines)
 
 
