@@ -51,6 +51,13 @@ def parameter_counts(model: str) -> dict[str, int]:
     return counts
 
 
+def learning_rates(optim: dict) -> str:
+    """"lr 0.0002" for one model, "G lr 0.0001, D lr 0.0001 (sm3)" for SF-V's two."""
+    if optim.get("g_lr") is not None:
+        return f"G lr {optim['g_lr']}, D lr {optim['d_lr']} ({optim.get('name')})"
+    return f"lr {optim.get('lr')} ({optim.get('name')})"
+
+
 def training_seconds(metrics: list[dict]) -> float:
     """The logged intervals summed: each row's steps since the previous row over its steps_per_s."""
     total, previous = 0.0, None
@@ -78,9 +85,9 @@ def card(workdir: str, model: str, command: str, table: str | None) -> str:
     widths = {k: config[k]["block_out_channels"] for k in ("unet", "vae") if k in config}
     lines = [
         f"# sfv-jax toy model: {os.path.basename(os.path.normpath(model))}", "",
-        f"An SVD-architecture model trained from scratch by sfv-jax on the built-in synthetic moving shapes "
-        f"(objective `{objective}`, step {step}). A toy: it knows discs and squares gliding over gradients, "
-        f"nothing else.", "",
+        f"An SVD-architecture model trained by sfv-jax, from random weights up (the toy stack: VAE, teacher, "
+        f"SF-V student), on the built-in synthetic moving shapes (objective `{objective}`, step {step}). A toy: it "
+        f"knows discs and squares gliding over gradients, nothing else.", "",
         "```python", "from sfv_jax.pipeline import SFVPipeline",
         f'pipe = SFVPipeline.from_pretrained("{os.path.relpath(model, ROOT)}")', "```", "",
         "| | |", "|---|---|",
@@ -92,11 +99,11 @@ def card(workdir: str, model: str, command: str, table: str | None) -> str:
         f"| weights | bfloat16 sfv-jax checkpoint, {folder_bytes(model) / 2**20:.1f} MiB (EMA weights of the run) |",
         f"| started from | {config.get('init_checkpoint') or 'random weights'}; what that does not hold from "
         f"`scratch_init={config.get('scratch_init', 'torch')}` (sfv_jax/models/scratch_init.py) |",
-        f"| training | {step} steps, batch {config['global_batch_size']}, lr {optim.get('lr')}, "
+        f"| training | {step} steps, batch {config['global_batch_size']}, {learning_rates(optim)}, "
         f"EMA decay {optim.get('ema_decay')}, {training_seconds(metrics) / 60:.0f} min of logged steps on the "
         f"machine below |",
         f"| machine | 2-core AMD EPYC CPU, 24 GB RAM, no accelerator (shared: timings drift up to 1.5x) |",
-        f"| code | sfv-jax commit {git_commit()} |", "",
+        f"| code | sfv-jax at commit {git_commit()} when shipped |", "",
         "Reproduce:", "", "```bash", command, "```", "",
         "Held-out `eval_loss` during training (every eighth of the run; all of it in the workdir's metrics.jsonl):",
         "", "| step | eval_loss |", "|---|---|",
