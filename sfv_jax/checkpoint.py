@@ -33,6 +33,8 @@ from sfv_jax.models import ModelOptions
 from sfv_jax.models.nnx_state import AbstractModel, flat_params, flatten, unflatten_into
 
 FORMAT_VERSION = 1
+# Orbax's data files are cut near this size, so a checkpoint kept in git (models/toy/) has no file over ~10 MB.
+DATA_FILE_BYTES = 8 * 2**20
 INDEX_NAME = "sfv_jax.json"
 
 
@@ -64,9 +66,9 @@ def save_checkpoint(path: str, modules: Mapping[str, nnx.Module], extra: Mapping
         params = flat_params(module)
         tree[name] = {k: _to_store(v, dtype) for k, v in params.items()}
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(os.path.join(tmp, "params"), tree)
-        checkpointer.wait_until_finished()
+        checkpointer = ocp.PyTreeCheckpointer()
+        checkpointer.save(os.path.join(tmp, "params"), args=ocp.args.PyTreeSave(
+            tree, ocdbt_target_data_file_size=DATA_FILE_BYTES))
         with open(os.path.join(tmp, INDEX_NAME), "w") as f:
             json.dump(index, f, indent=2)
 
