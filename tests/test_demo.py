@@ -44,7 +44,7 @@ def test_demo_writes_the_clip_its_sheet_and_input_and_reports_each_shape(checkpo
 
 @pytest.mark.parametrize("args, message", [
     (["--checkpoint", "no/such/folder"], "no such checkpoint"),
-    (["--image", "missing.png"], "cannot read it as an image"),
+    (["--image", "missing.png"], "image file not found"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--sampler", "sfv", "--steps", "4"], "runs 1 to 3 steps"),
 ])

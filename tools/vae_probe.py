@@ -64,22 +64,24 @@ def chroma(x: jax.Array) -> jax.Array:
     return x - x.mean(axis=-1, keepdims=True)
 
 
-def chroma_error(vae, video: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(mean |chroma(decoded) - chroma(frames)|, mean |chroma(frames)|) of clips video (B, T, H, W, 3) decoded from
-    their posterior means: the first equals the second for a VAE whose output is grey, 0 for exact colour."""
-    frames = video.shape[1]
-    images = video.reshape(-1, *video.shape[2:])
-    decoded = vae.decoder(vae.latent_dist(images)[0], frames)
+def chroma_error(images: jax.Array, decoded: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean |chroma(decoded) - chroma(images)|, mean |chroma(images)|): the first equals the second for a VAE
+    whose output is grey, 0 for exact colour."""
     return jnp.mean(jnp.abs(chroma(decoded) - chroma(images))), jnp.mean(jnp.abs(chroma(images)))
+
+
+def reconstruct(vae, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(frames (B T, H, W, 3), the VAE's decoding of their posterior means) of clips video (B, T, H, W, 3)."""
+    images = video.reshape(-1, *video.shape[2:])
+    return images, vae.decoder(vae.latent_dist(images)[0], video.shape[1])
 
 
 def score_checkpoint(path: str, video: jax.Array) -> None:
     """Prints the held-out L1 and chroma error of the VAE stored at `path` (decoded from posterior means)."""
     from sfv_jax.checkpoint import load_checkpoint
     vae = load_checkpoint(path, names=["vae"])["vae"]
-    images = video.reshape(-1, *video.shape[2:])
-    decoded = jax.jit(lambda im: vae.decoder(vae.latent_dist(im)[0], video.shape[1]))(images)
-    error, grey = jnp.mean(jnp.abs(chroma(decoded) - chroma(images))), jnp.mean(jnp.abs(chroma(images)))
+    images, decoded = jax.jit(lambda v: reconstruct(vae, v))(video)
+    error, grey = chroma_error(images, decoded)
     print(f"{path}: held-out L1 {float(jnp.mean(jnp.abs(decoded - images))):.4f}, chroma error {float(error):.4f} "
           f"(grey: {float(grey):.4f}), {video.shape[0]} clips")
 
@@ -92,11 +94,10 @@ def reconstruction_motion(path: str, num_clips: int, config) -> None:
     vae = load_checkpoint(path, names=["vae"])["vae"]
     t, h, w = config.data.num_frames, config.data.height, config.data.width
     real = heldout_synthetic(num_clips, t, h, w, seed=0)
-    decode = jax.jit(lambda im: vae.decoder(vae.latent_dist(im)[0], t))
+    decode = jax.jit(lambda video: reconstruct(vae, video)[1])
     decoded = []
     for first in range(0, num_clips, 8):
-        images = frames_to_unit_range(jnp.asarray(real[first:first + 8])).reshape(-1, h, w, 3)
-        out = np.asarray(decode(images)).reshape(-1, t, h, w, 3)
+        out = np.asarray(decode(frames_to_unit_range(jnp.asarray(real[first:first + 8])))).reshape(-1, t, h, w, 3)
         decoded.append(np.clip(np.round((out + 1) * 127.5), 0, 255).astype(np.uint8))
     report = motion_report(np.concatenate(decoded), real)
     keys = ("num_shapes", "clips_not_judged", "coherent_share", "keeps_colour_share", "keeps_size_share",
@@ -139,7 +140,7 @@ def main(argv=None) -> None:
     weights, _, _ = objective.initial_weights()
     state = jax.jit(objective.init_state)(weights)
     step, eval_loss = jax.jit(objective.step), jax.jit(objective.eval_loss)
-    colour = jax.jit(lambda params, video: chroma_error(objective.models.vae(params), video))
+    colour = jax.jit(lambda params, video: chroma_error(*reconstruct(objective.models.vae(params), video)))
     rng, start = np.random.default_rng(0), time.time()
     for i in range(1, args.steps + 1):
         batch = {"video": clips(videos, rng.integers(0, config.data.num_synthetic, config.global_batch_size))}

@@ -18,6 +18,7 @@ import PIL.Image
 
 from sfv_jax.demo.timings import describe_timings
 from sfv_jax.errors import SfvError
+from sfv_jax.sample_cli import load_image
 
 SHIPPED = os.path.join("models", "toy", "student")
 
@@ -27,14 +28,6 @@ def default_checkpoint() -> str:
     clone = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     in_clone = os.path.join(clone, SHIPPED)
     return in_clone if os.path.isdir(in_clone) else SHIPPED
-
-
-def _read_image(path: str) -> PIL.Image.Image:
-    try:
-        with PIL.Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise SfvError(f"--image {path}: cannot read it as an image ({e})") from None
 
 
 def _motion_lines(clip: np.ndarray) -> list[str]:
@@ -62,7 +55,7 @@ def run(checkpoint: str | None, image_path: str | None, workdir: str, steps: int
     if not os.path.isdir(checkpoint):
         raise SfvError(f"{checkpoint}: no such checkpoint; run from a clone of sfv-jax (it ships models/toy/), pass "
                        f"--checkpoint DIR, or run `sfv-jax demo --journey` (random weights, no checkpoint)")
-    image = _read_image(image_path) if image_path else None  # bad input fails before the slow part
+    image = load_image(image_path) if image_path else None  # bad input fails before the slow part
     start = time.perf_counter()
     pipe = SFVPipeline.from_pretrained(checkpoint)
     num_frames = pipe.unet.config.num_frames
