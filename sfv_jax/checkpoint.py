@@ -114,6 +114,31 @@ def train_state_step(path: str, index: dict | None = None) -> int | None:
     return max(steps)
 
 
+def fingerprint(path: str) -> str:
+    """What identifies the weights `path` holds, for results that must be recomputed when they change.
+
+    A converted checkpoint: "sha256:<hex>" over its files' relative paths and contents (a model kept in git gives
+    the same value in every clone). A training workdir: "workdir:<abs path>@<step>" (its latest complete step;
+    hashing gigabytes of train states is not worth it for a folder that only grows).
+    """
+    import hashlib
+
+    index = read_index(path)
+    step = train_state_step(path, index)
+    if step is not None:
+        return f"workdir:{os.path.abspath(path)}@{step}"
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            if name == INDEX_NAME or folder != path:  # the index and the params, not READMEs or samples beside
+                full = os.path.join(folder, name)
+                digest.update(os.path.relpath(full, path).encode() + b"\0")
+                with open(full, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def read_index(path: str) -> dict:
     index_path = os.path.join(path, INDEX_NAME)
     if not os.path.isdir(path):

@@ -194,6 +194,7 @@ def test_eval_toy_scores_generated_clips_against_heldout_ones(tiny_checkpoint, w
     reused under other settings (one-line error, exit 2)."""
     import json
 
+    from sfv_jax.checkpoint import fingerprint
     from sfv_jax.data.synthetic import SyntheticVideos
     from sfv_jax.eval.motion import motion_report
     from sfv_jax.eval.protocol import I3DFeatures
@@ -213,6 +214,7 @@ def test_eval_toy_scores_generated_clips_against_heldout_ones(tiny_checkpoint, w
     # the micro UNet's 4 frames (its default) are stretched x3 to reach I3D's 9
     assert result["clip_shape"] == [4, 64, 64, 3] and result["i3d_frame_repeat"] == 3 == i3d_frame_repeat(4)
     assert result["seconds_per_clip"] > 0 and 0 < result["unet_seconds_per_clip"] <= result["seconds_per_clip"]
+    assert result["checkpoint_fingerprint"] == fingerprint(tiny_checkpoint)  # what the toy table reuses rows by
 
     real = heldout_synthetic(3, 4, 64, 64, seed=4)
     assert not any(np.array_equal(real[0], SyntheticVideos(64, 4, 64, 64, seed=s).video(0)) for s in (0, 4))

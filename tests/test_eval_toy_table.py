@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sfv_jax.eval.toy_table import ROWS, goals, markdown, rows_for
+from sfv_jax.eval.toy_table import ROWS, goals, markdown, rows_for, stale_reason
 
 
 def result(fvd, share=0.9, speed=0.1):
@@ -42,3 +42,15 @@ def test_markdown_lists_the_rows_given_and_says_which_goals_are_not_met():
     assert "| teacher at 1 step at least 2x worse than the student at 1 step | **no** |" in text
     assert [r.model for r in rows_for({"teacher"})] == ["teacher"] * 6
     assert len(ROWS) == 11
+
+
+def test_a_saved_row_is_reused_only_for_the_same_weights_clip_count_and_seed():
+    """Catches a table kept across sessions that mixes an old model's row with a new model's (the teacher retrained,
+    the row kept), or reuses a 32-clip pilot row in the 256-clip table, or another seed's row."""
+    saved = {**result(100.0), "checkpoint_fingerprint": "sha256:aa", "num_clips": 256, "seed": 0}
+    assert stale_reason(saved, "sha256:aa", 256, 0) is None
+    assert stale_reason(None, "sha256:aa", 256, 0) == "not computed yet"
+    assert "checkpoint_fingerprint" in stale_reason(saved, "sha256:bb", 256, 0)
+    assert "num_clips" in stale_reason(saved, "sha256:aa", 32, 0)
+    assert "seed" in stale_reason(saved, "sha256:aa", 256, 1)
+    assert "checkpoint_fingerprint" in stale_reason(result(100.0), "sha256:aa", 256, 0)  # a row from before fingerprints

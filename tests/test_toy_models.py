@@ -78,3 +78,27 @@ def test_shipped_student_one_step_keeps_shapes_that_the_teacher_one_step_fades(t
             (("teacher", teacher), ("student", student))}
     print(f"shapes keeping their colour over one-step clips of 8 held-out frames: {kept}")
     assert kept["student"] >= 3 and kept["student"] >= kept["teacher"] + 2, kept
+
+
+def test_fingerprint_names_the_weights_not_the_folder(tmp_path):
+    """A shipped model's fingerprint (what the toy table's saved rows are checked against) is the same in a copy
+    elsewhere and with its model card edited, and changes when one stored byte changes. Catches a fingerprint of
+    the path (a clone elsewhere would recompute every row), of the README (a card edit would), or of the index alone
+    (retrained weights would reuse the old rows)."""
+    import shutil
+
+    from sfv_jax.checkpoint import fingerprint
+    copy = str(tmp_path / "student")
+    shutil.copytree(os.path.join(TOY, "student"), copy)
+    original = fingerprint(os.path.join(TOY, "student"))
+    assert original.startswith("sha256:") and fingerprint(copy) == original
+    with open(os.path.join(copy, "README.md"), "a") as f:
+        f.write("an edit\n")
+    assert fingerprint(copy) == original
+    data = max((os.path.join(d, n) for d, _, names in os.walk(os.path.join(copy, "params")) for n in names),
+               key=os.path.getsize)
+    with open(data, "r+b") as f:
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 1]))
+    assert fingerprint(copy) != original

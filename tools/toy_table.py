@@ -5,8 +5,10 @@ on the same held-out clips, then the table and its goals as markdown.
         [--student-spatial runs/toy/student_spatial --student-temporal runs/toy/student_temporal] \
         --num-clips 256 --seed 0 --out runs/toy/table
 
-Each row's JSON lands in OUT/rows/ as it finishes and is reused on a rerun (an interrupted table resumes);
-the held-out set's I3D statistics are computed once (OUT/real_stats.npz). Writes OUT/table.md and OUT/table.json.
+Each row's JSON lands in OUT/rows/ as it finishes and is reused on a rerun while its weights (the checkpoint's
+fingerprint), clip count and seed are the same: an interrupted table resumes, and one kept in git can be finished
+over several sessions without mixing models. The held-out set's I3D statistics are computed once
+(OUT/real_stats.npz). Writes OUT/table.md and OUT/table.json.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import subprocess
 import sys
 
-from sfv_jax.eval.toy_table import markdown, rows_for
+from sfv_jax.checkpoint import fingerprint
+from sfv_jax.eval.toy_table import markdown, rows_for, stale_reason
 
 
 def main() -> int:
@@ -39,12 +42,18 @@ def main() -> int:
         if not os.path.exists(path):
             print(f"toy_table: error: --{name.replace('_', '-')} {path}: no such checkpoint or workdir", file=sys.stderr)
             return 2
+    fingerprints = {name: fingerprint(path) for name, path in checkpoints.items()}
     os.makedirs(os.path.join(args.out, "rows"), exist_ok=True)
     results = {}
     for row in rows_for(set(checkpoints)):
         path = os.path.join(args.out, "rows", f"{row.model}_{row.steps}.json")
-        if not os.path.exists(path):
-            print(f"== {row.name}", flush=True)
+        saved = None
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+        stale = stale_reason(saved, fingerprints[row.model], args.num_clips, args.seed)
+        if stale:
+            print(f"== {row.name}" + (f": {stale}" if saved else ""), flush=True)
             # One process per row: each compiles its own sampler, and an interrupted table loses one row at most.
             code = subprocess.call([sys.executable, "-m", "sfv_jax", "eval", "toy", "--checkpoint",
                                     checkpoints[row.model], "--steps", str(row.steps), "--sampler", row.sampler,

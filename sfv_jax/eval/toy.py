@@ -116,6 +116,7 @@ def saved_real_stats(path: str | None, protocol: dict):
 def run_toy(args) -> None:
     import warnings
 
+    from sfv_jax.checkpoint import fingerprint
     from sfv_jax.eval.fvd import protocol as fvd_protocol
     from sfv_jax.eval.fvd import set_stats
     from sfv_jax.eval.generate import generation_devices
@@ -128,6 +129,7 @@ def run_toy(args) -> None:
     _check(args)
     devices = generation_devices(args.devices)
     batch_size = -(-args.batch_size // len(devices)) * len(devices)
+    weights_id = fingerprint(args.checkpoint)  # before loading: a workdir may checkpoint again meanwhile
     pipe = SFVPipeline.from_pretrained(args.checkpoint).shard_batch(devices)
     num_frames = args.num_frames or pipe.unet.config.num_frames
     height = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -159,7 +161,8 @@ def run_toy(args) -> None:
         "motion_coherent_share": motion["coherent_share"],
         "speed_distance": motion["speed_wasserstein_px_per_frame"],
         **timings,
-        "checkpoint": args.checkpoint, "steps": args.steps, "sampler": args.sampler, "seed": args.seed,
+        "checkpoint": args.checkpoint, "checkpoint_fingerprint": weights_id, "steps": args.steps,
+        "sampler": args.sampler, "seed": args.seed,
         "num_clips": args.num_clips, "clip_shape": [num_frames, height, width, 3], "i3d_frame_repeat": repeat,
         "real_motion_coherent_share": motion["real"]["coherent_share"],
         "fvd_sets": {"real": real_stats.summary(), "fake": fake_stats.summary()},

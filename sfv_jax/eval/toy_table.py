@@ -39,6 +39,18 @@ def rows_for(models: set[str]) -> list[Row]:
     return [row for row in ROWS if row.model in models]
 
 
+def stale_reason(saved: dict | None, weights: str, num_clips: int, seed: int) -> str | None:
+    """Why a row must be (re)computed, or None to reuse `saved` (its earlier `eval toy` JSON): only a row of the
+    same weights (checkpoint fingerprint), clip count and seed is reused, so a table kept across sessions never
+    mixes models or settings."""
+    if saved is None:
+        return "not computed yet"
+    for key, want in (("checkpoint_fingerprint", weights), ("num_clips", num_clips), ("seed", seed)):
+        if saved.get(key) != want:
+            return f"recomputing: its {key} {saved.get(key)} is not {want}"
+    return None
+
+
 def _get(results: dict, model: str, steps: int) -> dict | None:
     return results.get((model, steps))
 
