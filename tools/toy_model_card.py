@@ -23,6 +23,8 @@ sys.path.insert(0, ROOT)
 
 from sfv_jax.train.metrics_log import read_metrics  # noqa: E402
 
+SMALL_EVAL_FILE = "eval_toy.json"
+
 
 def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
@@ -73,7 +75,20 @@ def read_json(path: str) -> dict:
         return json.load(f)
 
 
-def card(workdir: str, model: str, command: str, table: str | None) -> str:
+def small_eval_section(model: str, small_eval: dict) -> list[str]:
+    """The card's small fixed-set score (kept beside the weights as eval_toy.json, checked by the default tests)."""
+    rel = os.path.relpath(model, ROOT)
+    return [
+        "## Small fixed-set score (checked by the tests)", "",
+        f"`sfv-jax eval toy --checkpoint {rel} --steps {small_eval['steps']} --sampler {small_eval['sampler']} "
+        f"--num-clips {small_eval['num_clips']} --seed {small_eval['seed']} --batch-size {small_eval['batch_size']}`:",
+        f"FVD {small_eval['fvd']:.1f}, coherent motion {small_eval['motion_coherent_share']:.1%}, speed distance "
+        f"{small_eval['speed_distance']:.3f} px/frame ({small_eval['num_clips']} clips: a check that these weights "
+        f"and the evaluation code still give this number, not a quality score; the full table uses 256 clips). "
+        f"All of it in `{rel}/{SMALL_EVAL_FILE}`; tests/test_toy_models.py recomputes the FVD.", ""]
+
+
+def card(workdir: str, model: str, command: str, table: str | None, small_eval: dict | None = None) -> str:
     config = read_json(os.path.join(workdir, "config.json"))
     index = read_json(os.path.join(model, "sfv_jax.json"))
     objective, step = index["extra"].get("objective", "sfv"), index["extra"]["step"]
@@ -108,6 +123,8 @@ def card(workdir: str, model: str, command: str, table: str | None) -> str:
         "Held-out `eval_loss` during training (every eighth of the run; all of it in the workdir's metrics.jsonl):",
         "", "| step | eval_loss |", "|---|---|",
         *[f"| {s} | {v:.4f} |" for s, v in evals if s % max(step // 8, 1) == 0 or s == evals[-1][0]], ""]
+    if small_eval:
+        lines += small_eval_section(model, small_eval)
     if table:
         with open(table) as f:
             lines += ["## Evaluation", "", f.read().strip(), ""]
@@ -120,8 +137,21 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True, help="the shipped checkpoint folder (sfv-jax convert --workdir)")
     parser.add_argument("--command", required=True, help="the training command, as run")
     parser.add_argument("--table", default=None, help="an evaluation table (markdown) to include")
+    parser.add_argument("--small-eval", default=None, metavar="F.json",
+                        help="an `sfv-jax eval toy --json` result on a small fixed set: kept as eval_toy.json "
+                             "beside the weights and stated in the card (the tests recompute it)")
     args = parser.parse_args(argv)
-    text = card(args.workdir, args.model, args.command, args.table)
+    small_eval = None
+    if args.small_eval:
+        from sfv_jax.checkpoint import fingerprint
+        small_eval = read_json(args.small_eval)
+        if small_eval.get("checkpoint_fingerprint") != fingerprint(args.model):
+            parser.error(f"--small-eval {args.small_eval} scored other weights than {args.model}; rerun sfv-jax eval "
+                         f"toy --checkpoint {args.model}")
+        with open(os.path.join(args.model, SMALL_EVAL_FILE), "w") as f:
+            json.dump(small_eval, f, indent=2)
+            f.write("\n")
+    text = card(args.workdir, args.model, args.command, args.table, small_eval)
     with open(os.path.join(args.model, "README.md"), "w") as f:
         f.write(text)
     print(f"wrote {os.path.join(args.model, 'README.md')}")

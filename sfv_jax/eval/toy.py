@@ -113,17 +113,66 @@ def saved_real_stats(path: str | None, protocol: dict):
     return SetStats(mean, cov, count, covariance_rank(cov), path, shape)
 
 
-def run_toy(args) -> None:
+def toy_protocol(num_frames: int, height: int, width: int, num_clips: int, seed: int) -> dict:
+    """The FVD protocol of a toy score, with what the held-out set's statistics depend on (saved beside them)."""
+    from sfv_jax.eval.fvd import protocol as fvd_protocol
+
+    repeat = i3d_frame_repeat(num_frames)
+    return {**fvd_protocol(num_frames * repeat), "frame_repeat": repeat, "heldout_seed": seed,
+            "heldout_clips": num_clips, "clip_shape": f"{num_frames}x{height}x{width}"}
+
+
+def score_toy(pipe, extractor, *, steps: int, sampler: str, num_clips: int, seed: int, batch_size: int,
+              num_frames: int, height: int, width: int, min_guidance: float = 1.0, max_guidance: float = 3.0,
+              real_stats=None, save_real_stats: str | None = None) -> dict:
+    """One pipeline's toy scores: `num_clips` held-out clips (stream `seed`) -> a generated clip from each first
+    frame -> FVD (I3D features from `extractor`, an I3DFeatures) and the motion report against the held-out clips.
+
+    real_stats: the held-out set's statistics if already known (saved_real_stats), else computed here and, with
+    save_real_stats, saved there. Returns the JSON keys of `sfv-jax eval toy` but the checkpoint's.
+    """
     import warnings
 
-    from sfv_jax.checkpoint import fingerprint
-    from sfv_jax.eval.fvd import protocol as fvd_protocol
     from sfv_jax.eval.fvd import set_stats
-    from sfv_jax.eval.generate import generation_devices
     from sfv_jax.eval.motion import motion_report
-    from sfv_jax.eval.protocol import I3DFeatures
     from sfv_jax.eval.stats import frechet_distance, save_stats
     from sfv_jax.eval.video_sets import MemorySet
+
+    repeat = i3d_frame_repeat(num_frames)
+    real = heldout_synthetic(num_clips, num_frames, height, width, seed)
+    call = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=steps, sampler=sampler,
+                min_guidance_scale=min_guidance, max_guidance_scale=max_guidance)
+    fake, timings = generate_timed(pipe, real[:, 0], batch_size, seed, **call)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if real_stats is None:
+            real_stats = set_stats(MemorySet(np.repeat(real, repeat, axis=1), "held-out synthetic"), extractor,
+                                   "I3D held-out")
+            if save_real_stats:
+                save_stats(save_real_stats, real_stats.mean, real_stats.cov, real_stats.count,
+                           toy_protocol(num_frames, height, width, num_clips, seed), real_stats.clip_shape)
+        fake_stats = set_stats(MemorySet(np.repeat(fake, repeat, axis=1), "generated"), extractor, "I3D generated")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    motion = motion_report(fake, real)
+    return {
+        "fvd": frechet_distance(real_stats.mean, real_stats.cov, fake_stats.mean, fake_stats.cov),
+        "motion_coherent_share": motion["coherent_share"],
+        "speed_distance": motion["speed_wasserstein_px_per_frame"],
+        **timings,
+        "steps": steps, "sampler": sampler, "seed": seed, "num_clips": num_clips, "batch_size": batch_size,
+        "guidance": [min_guidance, max_guidance],
+        "clip_shape": [num_frames, height, width, 3], "i3d_frame_repeat": repeat,
+        "real_motion_coherent_share": motion["real"]["coherent_share"],
+        "fvd_sets": {"real": real_stats.summary(), "fake": fake_stats.summary()},
+        "motion": {k: v for k, v in motion.items() if k != "real"},
+    }
+
+
+def run_toy(args) -> None:
+    from sfv_jax.checkpoint import fingerprint
+    from sfv_jax.eval.generate import generation_devices
+    from sfv_jax.eval.protocol import I3DFeatures
     from sfv_jax.pipeline import SFVPipeline
 
     _check(args)
@@ -134,40 +183,14 @@ def run_toy(args) -> None:
     num_frames = args.num_frames or pipe.unet.config.num_frames
     height = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = args.width or height
-    repeat = i3d_frame_repeat(num_frames)
-    protocol = {**fvd_protocol(num_frames * repeat), "frame_repeat": repeat, "heldout_seed": args.seed,
-                "heldout_clips": args.num_clips, "clip_shape": f"{num_frames}x{height}x{width}"}
-    real_stats = saved_real_stats(args.real_stats, protocol)  # before minutes of generation: may not fit
+    # Before minutes of generation: saved statistics made under other settings are an error.
+    real_stats = saved_real_stats(args.real_stats, toy_protocol(num_frames, height, width, args.num_clips, args.seed))
     extractor = I3DFeatures(batch_size=batch_size, devices=devices, weights=args.i3d_weights)
-
-    real = heldout_synthetic(args.num_clips, num_frames, height, width, args.seed)
-    call = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=args.steps,
-                sampler=args.sampler, min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance)
-    fake, timings = generate_timed(pipe, real[:, 0], batch_size, args.seed, **call)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if real_stats is None:
-            real_stats = set_stats(MemorySet(np.repeat(real, repeat, axis=1), "held-out synthetic"), extractor,
-                                   "I3D held-out")
-            if args.real_stats:
-                save_stats(args.real_stats, real_stats.mean, real_stats.cov, real_stats.count, protocol,
-                           real_stats.clip_shape)
-        fake_stats = set_stats(MemorySet(np.repeat(fake, repeat, axis=1), "generated"), extractor, "I3D generated")
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    motion = motion_report(fake, real)
-    result = {
-        "fvd": frechet_distance(real_stats.mean, real_stats.cov, fake_stats.mean, fake_stats.cov),
-        "motion_coherent_share": motion["coherent_share"],
-        "speed_distance": motion["speed_wasserstein_px_per_frame"],
-        **timings,
-        "checkpoint": args.checkpoint, "checkpoint_fingerprint": weights_id, "steps": args.steps,
-        "sampler": args.sampler, "seed": args.seed,
-        "num_clips": args.num_clips, "clip_shape": [num_frames, height, width, 3], "i3d_frame_repeat": repeat,
-        "real_motion_coherent_share": motion["real"]["coherent_share"],
-        "fvd_sets": {"real": real_stats.summary(), "fake": fake_stats.summary()},
-        "motion": {k: v for k, v in motion.items() if k != "real"},
-    }
+    scores = score_toy(pipe, extractor, steps=args.steps, sampler=args.sampler, num_clips=args.num_clips,
+                       seed=args.seed, batch_size=batch_size, num_frames=num_frames, height=height, width=width,
+                       min_guidance=args.min_guidance, max_guidance=args.max_guidance, real_stats=real_stats,
+                       save_real_stats=args.real_stats)
+    result = {**scores, "checkpoint": args.checkpoint, "checkpoint_fingerprint": weights_id}
     text = json.dumps(result, indent=2)
     if args.json:
         from sfv_jax.fileio import write_text_atomically
