@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned in pyproject.toml; pip picks the CPU wheel from the local disk when present.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-slow bench clean toy
+.PHONY: demo demo-journey test test-slow bench clean toy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e ".[test]"
 	touch $@ $(VENV)/.base-installed
 
+# The shipped toy SF-V student (models/toy/student) turns a held-out synthetic first frame into a clip in one
+# UNet pass: GIF, contact sheet, timings and the shapes' motion in demo_out/.
 demo: $(VENV)/.base-installed
-	$(BIN)/sfv-jax demo --journey --config configs/tiny_sfv.py:micro --workdir demo_out --compilation-cache .jax_cache
+	$(BIN)/sfv-jax demo --workdir demo_out --compilation-cache .jax_cache
+
+# The random-weights journey: a tiny SVD written as diffusers -> convert -> SF-V train -> sample -> export.
+demo-journey: $(VENV)/.base-installed
+	$(BIN)/sfv-jax demo --journey --config configs/tiny_sfv.py:micro --workdir demo_out/journey --compilation-cache .jax_cache
 
 # Two pytest workers, one test file each at a time: most of the suite's time is XLA compiling, which runs on
 # one core. TEST_WORKERS=0 runs everything in this process.

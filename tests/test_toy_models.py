@@ -102,3 +102,32 @@ def test_fingerprint_names_the_weights_not_the_folder(tmp_path):
         f.seek(0)
         f.write(bytes([byte[0] ^ 1]))
     assert fingerprint(copy) != original
+
+
+# The card's FVD is recomputed bit for bit on the machine that wrote it; another CPU may round the float32
+# convolutions differently. Splitting the batch over 2 devices instead of 1 moved it by 2e-5 (relative); 2% leaves
+# room for that and is still well inside what a change of weights does (the teacher's one-step clips on the same
+# 8 clips: FVD 929.5 against the student's 1158.5, 20% apart).
+CARD_FVD_TOLERANCE = 0.02
+
+
+def test_shipped_student_fvd_on_its_small_set_is_the_model_cards(student):
+    """The FVD of the student's one-step clips on the small fixed set its card states (eval_toy.json beside the
+    weights: 8 held-out clips) is recomputed within CARD_FVD_TOLERANCE, with the card's weights. Catches new weights
+    shipped under an old card, and drift in the evaluation (held-out clips, I3D resize or frame repeat, FVD maths,
+    the one-step sampler or its seeds) that would make the card's and the table's numbers lie."""
+    import json
+
+    from sfv_jax.checkpoint import fingerprint
+    from sfv_jax.eval.protocol import I3DFeatures
+    from sfv_jax.eval.toy import score_toy
+    with open(os.path.join(TOY, "student", "eval_toy.json")) as f:
+        card = json.load(f)
+    assert card["checkpoint_fingerprint"] == fingerprint(os.path.join(TOY, "student"))
+    num_frames, height, width, _ = card["clip_shape"]
+    result = score_toy(student, I3DFeatures(batch_size=card["batch_size"]), steps=card["steps"],
+                       sampler=card["sampler"], num_clips=card["num_clips"], seed=card["seed"],
+                       batch_size=card["batch_size"], num_frames=num_frames, height=height, width=width,
+                       min_guidance=card["guidance"][0], max_guidance=card["guidance"][1])
+    print(f"student FVD on its card's {card['num_clips']} clips: {result['fvd']:.2f} (card {card['fvd']:.2f})")
+    assert result["fvd"] == pytest.approx(card["fvd"], rel=CARD_FVD_TOLERANCE)

@@ -83,8 +83,8 @@ def small_eval_section(model: str, small_eval: dict) -> list[str]:
         f"`sfv-jax eval toy --checkpoint {rel} --steps {small_eval['steps']} --sampler {small_eval['sampler']} "
         f"--num-clips {small_eval['num_clips']} --seed {small_eval['seed']} --batch-size {small_eval['batch_size']}`:",
         f"FVD {small_eval['fvd']:.1f}, coherent motion {small_eval['motion_coherent_share']:.1%}, speed distance "
-        f"{small_eval['speed_distance']:.3f} px/frame ({small_eval['num_clips']} clips: a check that these weights "
-        f"and the evaluation code still give this number, not a quality score; the full table uses 256 clips). "
+        f"{small_eval['speed_distance']:.3f} px/frame. {small_eval['num_clips']} clips make this a check that these "
+        f"weights and the evaluation code still give this number, not a quality score (the table uses 256 clips).",
         f"All of it in `{rel}/{SMALL_EVAL_FILE}`; tests/test_toy_models.py recomputes the FVD.", ""]
 
 

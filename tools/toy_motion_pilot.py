@@ -27,6 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--sampler", choices=("euler", "sfv"), default="euler")
     parser.add_argument("--num-clips", type=int, default=32)
+    parser.add_argument("--min-guidance", type=float, default=1.0, help="SVD's CFG ramp, first frame")
+    parser.add_argument("--max-guidance", type=float, default=3.0, help="SVD's CFG ramp, last frame (1: no CFG)")
     parser.add_argument("--save", metavar="FILE.npy", help="also save the generated clips (K, T, H, W, 3) uint8")
     args = parser.parse_args(argv)
 
@@ -41,12 +43,14 @@ def main(argv=None) -> None:
     for first in range(0, args.num_clips, 8):
         images = [PIL.Image.fromarray(clip[0]) for clip in real[first:first + 8]]
         fake.append(pipe(images, num_frames=frames, height=size, width=size, num_inference_steps=args.steps,
-                         sampler=args.sampler, seed=first, output_type="uint8"))
+                         sampler=args.sampler, seed=first, output_type="uint8", min_guidance_scale=args.min_guidance,
+                         max_guidance_scale=args.max_guidance))
     fake = np.concatenate(fake)
     report = motion_report(fake, real)
     row = {k: round(report[k], 3) if isinstance(report[k], float) else report[k] for k in KEYS}
     row["speed_px_per_frame_median"] = round(report["speed_px_per_frame"]["median"], 2)
-    print(json.dumps({"checkpoint": args.checkpoint, "steps": args.steps, "sampler": args.sampler, **row,
+    print(json.dumps({"checkpoint": args.checkpoint, "steps": args.steps, "sampler": args.sampler,
+                      "guidance": [args.min_guidance, args.max_guidance], **row,
                       "seconds": round(time.perf_counter() - start, 1)}))
     if args.save:
         np.save(args.save, fake)
