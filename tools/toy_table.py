@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 from sfv_jax.checkpoint import fingerprint
+from sfv_jax.errors import SfvError
 from sfv_jax.eval.toy_table import markdown, rows_for, stale_reason
 
 
@@ -42,7 +43,11 @@ def main() -> int:
         if not os.path.exists(path):
             print(f"toy_table: error: --{name.replace('_', '-')} {path}: no such checkpoint or workdir", file=sys.stderr)
             return 2
-    fingerprints = {name: fingerprint(path) for name, path in checkpoints.items()}
+    try:
+        fingerprints = {name: fingerprint(path) for name, path in checkpoints.items()}
+    except SfvError as e:
+        print(f"toy_table: error: {e}", file=sys.stderr)
+        return 2
     os.makedirs(os.path.join(args.out, "rows"), exist_ok=True)
     results = {}
     for row in rows_for(set(checkpoints)):
