@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--saved-only", action="store_true",
+                        help="compute nothing: the table of the rows already saved that are still valid (the others "
+                             "left out, goals needing them 'not measured')")
     args = parser.parse_args()
 
     checkpoints = {"teacher": args.teacher, "student": args.student, "student_spatial": args.student_spatial,
@@ -57,6 +60,9 @@ def main() -> int:
             with open(path) as f:
                 saved = json.load(f)
         stale = stale_reason(saved, fingerprints[row.model], args.num_clips, args.seed)
+        if stale and args.saved_only:
+            print(f"== {row.name}: left out ({stale})", flush=True)
+            continue
         if stale:
             print(f"== {row.name}" + (f": {stale}" if saved else ""), flush=True)
             # One process per row: each compiles its own sampler, and an interrupted table loses one row at most.
@@ -72,6 +78,9 @@ def main() -> int:
             results[(row.model, row.steps)] = json.load(f)
     settings = (f"{args.num_clips} held-out synthetic clips (seed {args.seed}), teacher {args.teacher}, "
                 f"student {args.student}")
+    wanted = len(rows_for(set(checkpoints)))
+    if len(results) < wanted:
+        settings += f"; partial: {len(results)} of {wanted} rows computed so far"
     text = markdown(results, settings)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
