@@ -21,6 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sfv_jax.convert.weight_files import read_json_object  # noqa: E402
 from sfv_jax.train.metrics_log import read_metrics  # noqa: E402
 
 SMALL_EVAL_FILE = "eval_toy.json"
@@ -70,11 +71,6 @@ def training_seconds(metrics: list[dict]) -> float:
     return total
 
 
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def small_eval_section(model: str, small_eval: dict) -> list[str]:
     """The card's small fixed-set score (kept beside the weights as eval_toy.json, checked by the default tests)."""
     rel = os.path.relpath(model, ROOT)
@@ -89,8 +85,8 @@ def small_eval_section(model: str, small_eval: dict) -> list[str]:
 
 
 def card(workdir: str, model: str, command: str, table: str | None, small_eval: dict | None = None) -> str:
-    config = read_json(os.path.join(workdir, "config.json"))
-    index = read_json(os.path.join(model, "sfv_jax.json"))
+    config = read_json_object(os.path.join(workdir, "config.json"))
+    index = read_json_object(os.path.join(model, "sfv_jax.json"))
     objective, step = index["extra"].get("objective", "sfv"), index["extra"]["step"]
     # The run may have gone on after the shipped checkpoint: its card describes the checkpoint.
     metrics = [m for m in read_metrics(os.path.join(workdir, "metrics.jsonl")) if m["step"] <= step]
@@ -144,13 +140,12 @@ def main(argv=None) -> None:
     small_eval = None
     if args.small_eval:
         from sfv_jax.checkpoint import fingerprint
-        small_eval = read_json(args.small_eval)
+        from sfv_jax.fileio import write_text_atomically
+        small_eval = read_json_object(args.small_eval)
         if small_eval.get("checkpoint_fingerprint") != fingerprint(args.model):
             parser.error(f"--small-eval {args.small_eval} scored other weights than {args.model}; rerun sfv-jax eval "
                          f"toy --checkpoint {args.model}")
-        with open(os.path.join(args.model, SMALL_EVAL_FILE), "w") as f:
-            json.dump(small_eval, f, indent=2)
-            f.write("\n")
+        write_text_atomically(os.path.join(args.model, SMALL_EVAL_FILE), json.dumps(small_eval, indent=2) + "\n")
     text = card(args.workdir, args.model, args.command, args.table, small_eval)
     with open(os.path.join(args.model, "README.md"), "w") as f:
         f.write(text)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 from sfv_jax.checkpoint import fingerprint
+from sfv_jax.convert.weight_files import read_json_object
 from sfv_jax.errors import SfvError
 from sfv_jax.eval.toy_table import markdown, rows_for, stale_reason
 
@@ -55,10 +56,7 @@ def main() -> int:
     results = {}
     for row in rows_for(set(checkpoints)):
         path = os.path.join(args.out, "rows", f"{row.model}_{row.steps}.json")
-        saved = None
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
+        saved = read_json_object(path) if os.path.exists(path) else None
         stale = stale_reason(saved, fingerprints[row.model], args.num_clips, args.seed)
         if stale and args.saved_only:
             print(f"== {row.name}: left out ({stale})", flush=True)
@@ -74,8 +72,8 @@ def main() -> int:
                                    stdout=subprocess.DEVNULL)
             if code:
                 return code
-        with open(path) as f:
-            results[(row.model, row.steps)] = json.load(f)
+            saved = read_json_object(path)
+        results[(row.model, row.steps)] = saved
     settings = (f"{args.num_clips} held-out synthetic clips (seed {args.seed}), teacher {args.teacher}, "
                 f"student {args.student}")
     wanted = len(rows_for(set(checkpoints)))
