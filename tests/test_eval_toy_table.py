@@ -54,3 +54,23 @@ def test_a_saved_row_is_reused_only_for_the_same_weights_clip_count_and_seed():
     assert "num_clips" in stale_reason(saved, "sha256:aa", 32, 0)
     assert "seed" in stale_reason(saved, "sha256:aa", 256, 1)
     assert "checkpoint_fingerprint" in stale_reason(result(100.0), "sha256:aa", 256, 0)  # a row from before fingerprints
+
+
+def test_rows_of_models_not_given_are_reported_as_saved_only_for_the_tables_clips_and_seed(tmp_path):
+    """The ablation students are not shipped, so a later table (--saved-only) reports their saved rows as saved.
+    Catches a given model's row taken unchecked from disk (it must go through stale_reason), and a saved row of
+    another clip count or seed slipped into the table."""
+    import json
+
+    from sfv_jax.eval.toy_table import rows_saved_without_weights
+
+    def save(name, num_clips, seed):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**result(1.0), "num_clips": num_clips, "seed": seed}))
+
+    save("student_spatial_1", 256, 0)
+    save("student_temporal_1", 32, 0)  # a pilot's row
+    save("student_1", 256, 0)  # a given model's row: not this function's
+    found = rows_saved_without_weights(str(tmp_path), {"teacher", "student"}, 256, 0)
+    assert set(found) == {("student_spatial", 1)}
+    assert rows_saved_without_weights(str(tmp_path), {"teacher", "student"}, 256, 1) == {}
+    assert rows_saved_without_weights(str(tmp_path), {"student_spatial"}, 256, 0).keys() == {("student", 1)}

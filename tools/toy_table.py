@@ -22,7 +22,7 @@ import sys
 from sfv_jax.checkpoint import fingerprint
 from sfv_jax.convert.weight_files import read_json_object
 from sfv_jax.errors import SfvError
-from sfv_jax.eval.toy_table import markdown, rows_for, stale_reason
+from sfv_jax.eval.toy_table import markdown, rows_for, rows_saved_without_weights, stale_reason
 
 
 def main() -> int:
@@ -37,7 +37,9 @@ def main() -> int:
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--saved-only", action="store_true",
                         help="compute nothing: the table of the rows already saved that are still valid (the others "
-                             "left out, goals needing them 'not measured')")
+                             "left out, goals needing them 'not measured'); rows saved for a model not given here "
+                             "(the ablation students, whose weights are not shipped) are reported as saved, their "
+                             "fingerprints in table.json")
     args = parser.parse_args()
 
     checkpoints = {"teacher": args.teacher, "student": args.student, "student_spatial": args.student_spatial,
@@ -76,7 +78,16 @@ def main() -> int:
         results[(row.model, row.steps)] = saved
     settings = (f"{args.num_clips} held-out synthetic clips (seed {args.seed}), teacher {args.teacher}, "
                 f"student {args.student}")
-    wanted = len(rows_for(set(checkpoints)))
+    models = set(checkpoints)
+    if args.saved_only:
+        without_weights = rows_saved_without_weights(os.path.join(args.out, "rows"), models, args.num_clips,
+                                                     args.seed)
+        absent = sorted({model for model, _ in without_weights})
+        results.update(without_weights)
+        if absent:
+            models |= set(absent)
+            settings += f"; {', '.join(absent)} as saved (weights not given here; fingerprints in table.json)"
+    wanted = len(rows_for(models))
     if len(results) < wanted:
         settings += f"; partial: {len(results)} of {wanted} rows computed so far"
     text = markdown(results, settings)

@@ -61,7 +61,7 @@ def run(checkpoint: str | None, image_path: str | None, workdir: str, steps: int
     num_frames = pipe.unet.config.num_frames
     size = (pipe.unet.config.sample_size * pipe.vae_scale_factor,) * 2
     print(f"sfv-jax demo: {checkpoint} loaded in {time.perf_counter() - start:.1f}s; {num_frames} frames of "
-          f"{size[0]}x{size[1]}, {steps} {sampler} step(s)")
+          f"{size[0]}x{size[1]}, " + ("1 step (one UNet call)" if steps == 1 else f"{steps} {sampler} steps"))
     real = None
     if image is None:
         from sfv_jax.eval.toy import heldout_synthetic

@@ -33,6 +33,8 @@ ROWS = (
     Row("student, temporal heads only, 1 step", "student_temporal", 1, "sfv"),
 )
 
+ALL_MODELS = frozenset(row.model for row in ROWS)
+
 
 def rows_for(models: set[str]) -> list[Row]:
     """The rows whose model was given."""
@@ -49,6 +51,25 @@ def stale_reason(saved: dict | None, weights: str, num_clips: int, seed: int) ->
         if saved.get(key) != want:
             return f"recomputing: its {key} {saved.get(key)} is not {want}"
     return None
+
+
+def rows_saved_without_weights(rows_dir: str, given: set[str], num_clips: int, seed: int) -> dict:
+    """{(model, steps): saved JSON} for the rows saved in rows_dir (as "<model>_<steps>.json") of the models NOT
+    in `given`, whose weights are not at hand (the ablation students are trained and scored in one session, not
+    shipped): reported as they were saved when their clip count and seed are the table's. Their fingerprints stay
+    in the JSON, so what they scored is still named."""
+    import json
+    import os
+
+    found = {}
+    for row in rows_for(ALL_MODELS - set(given)):
+        path = os.path.join(rows_dir, f"{row.model}_{row.steps}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if (saved.get("num_clips"), saved.get("seed")) == (num_clips, seed):
+                found[(row.model, row.steps)] = saved
+    return found
 
 
 def _get(results: dict, model: str, steps: int) -> dict | None:
