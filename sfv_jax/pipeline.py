@@ -38,6 +38,7 @@ from sfv_jax.diffusion import edm
 from sfv_jax.diffusion import image_to_video as i2v
 from sfv_jax.diffusion.sampler import euler_sample, guidance_ramp, pad_sigmas, sfv_levels, sfv_sample
 from sfv_jax.errors import CheckpointError, SfvError
+from sfv_jax.models.vae import downsampling_factor
 
 COMPONENTS = ("unet", "vae", "image_encoder")
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
@@ -92,7 +93,7 @@ def lower_one_step(unet: nnx.Module, vae: nnx.Module, batch: int, num_frames: in
     `sfv-jax plan --program sample` sizes a generation without weights. With `mesh` (one axis "data"), weights are
     replicated and the clip batch split over it, as SFVPipeline.shard_batch does.
     """
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    scale = downsampling_factor(vae.config.block_out_channels)
     h, w = height // scale, width // scale
     channels = unet.config.out_channels
 
@@ -247,7 +248,7 @@ class SFVPipeline:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return downsampling_factor(self.vae.config.block_out_channels)
 
     # ------------------------------------------------------------ compiled stages
 

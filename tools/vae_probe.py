@@ -26,6 +26,7 @@ import numpy as np
 from sfv_jax.config import load_config
 from sfv_jax.data.synthetic import SyntheticVideos
 from sfv_jax.models import layers
+from sfv_jax.models.vae import downsampling_factor
 from sfv_jax.train.encode import frames_to_unit_range
 
 HELDOUT_FIRST, HELDOUT_CLIPS = 2900, 8  # beyond the toy config's 2048 training clips
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
                              config.data.width, seed=config.seed)
     heldout = {"video": clips(videos, range(HELDOUT_FIRST, HELDOUT_FIRST + HELDOUT_CLIPS))}
     if args.baselines:
-        grid = config.data.height // 2 ** (len(config.vae.block_out_channels) - 1)
+        grid = config.data.height // downsampling_factor(config.vae.block_out_channels)
         print(baselines(np.asarray(heldout["video"]), grid))
     if args.checkpoint:
         score_checkpoint(args.checkpoint, heldout["video"])

@@ -63,7 +63,8 @@ def parse_steps(text: str) -> list[int]:
 
 def latent_scale(config) -> int:
     """Image pixels per latent pixel: 8 for SVD's four-block VAE."""
-    return 2 ** (len(config.vae.block_out_channels) - 1)
+    from sfv_jax.models.vae import downsampling_factor
+    return downsampling_factor(config.vae.block_out_channels)
 
 
 def check_size(height: int, width: int, num_frames: int, scale: int = 8) -> None:

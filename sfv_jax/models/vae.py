@@ -20,6 +20,14 @@ DOWN_BLOCK_TYPE = "DownEncoderBlock2D"
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps logvar to this
 
 
+def downsampling_factor(block_out_channels) -> int:
+    """Image pixels per latent pixel along H and W: every down block but the last halves them (SVD's four: 8).
+
+    Takes the block_out_channels of a VAEConfig or of a config's ml_collections `vae` section alike.
+    """
+    return 2 ** (len(block_out_channels) - 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
     """Fields and defaults of diffusers' AutoencoderKLTemporalDecoder.__init__.

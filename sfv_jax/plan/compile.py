@@ -130,7 +130,8 @@ def plan_sample(config, topology: Topology, height: int, width: int, num_frames:
 
     if "vae" not in config:
         raise SfvError("--program sample needs a config with unet and vae sections (e.g. configs/sfv_svd.py)")
-    scale = 2 ** (len(config.vae.block_out_channels) - 1)
+    from sfv_jax.models.vae import downsampling_factor
+    scale = downsampling_factor(config.vae.block_out_channels)
     if height < scale or width < scale or height % scale or width % scale or num_frames < 1:
         raise SfvError(f"--height and --width must be positive multiples of {scale} (the VAE's scale) and "
                        f"--num-frames >= 1, got {height}x{width}x{num_frames}")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from sfv_jax.models.options import at_least_float32
+from sfv_jax.models.vae import downsampling_factor
 from sfv_jax.train import accumulate
 from sfv_jax.train.model_state import ModelTrainState, apply_gradients
 
@@ -77,7 +78,7 @@ class VAETrainStep:
         self.batch_axes = batch_axes
         self.frozen = ENCODER_KEYS if self.cfg.decoder_only else ()
         self.crop = int(self.cfg.get("crop", 0))
-        downsampling = 2 ** (len(config.vae.block_out_channels) - 1)
+        downsampling = downsampling_factor(config.vae.block_out_channels)
         if self.crop % downsampling or self.crop < 0:
             raise ValueError(f"vae_loss.crop={self.crop}: use 0 (whole frames) or a multiple of {downsampling} "
                              f"(the VAE's downsampling)")
