@@ -12,6 +12,11 @@ from clips of another held-out stream (never trained on, not the table's clips) 
   frozen      the first frame repeated (shapes kept, no motion)
   shuffled    the frames in a random order (shapes kept, motion incoherent)
   blurred     each frame blurred (Gaussian, sigma 1.5 px at 64x64; shapes and motion kept, detail lost)
+  jittered    every shape drawn sharp but off its path by a random offset per frame (sigma 2 px per axis,
+              about the 25-step teacher's median centroid error)
+  resized     every shape drawn sharp on its path at a random size per frame (x0.6 to x1.4)
+
+With --json, results already in that file for the same settings are kept, so variants can be run in parts.
 
 It prints a markdown table of FVD and the motion report's coherent share per set, and writes it as JSON.
 
@@ -32,7 +37,7 @@ import numpy as np
 from sfv_jax.data.heldout import HELDOUT_SYNTHETIC_SEED_OFFSET
 from sfv_jax.data.synthetic import SyntheticVideos
 
-VARIANTS = ("real", "faded", "no_shapes", "frozen", "shuffled", "blurred")
+VARIANTS = ("real", "faded", "no_shapes", "frozen", "shuffled", "blurred", "jittered", "resized")
 
 
 def gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
@@ -48,6 +53,27 @@ def gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
         n = out.shape[axis]
         out = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(taps))
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def redrawn(source: SyntheticVideos, index: int, rng: np.random.Generator, jitter_px: float = 0.0,
+            size_range: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """uint8 (T, H, W, 3): video `index` drawn again with each shape, in each frame, moved by a Gaussian offset of
+    `jitter_px` per axis and scaled by a factor drawn uniformly from `size_range` (clipped to stay in the frame)."""
+    import dataclasses
+
+    from sfv_jax.data.synthetic import _draw
+
+    background = source.background(index)
+    frames = np.repeat(background[None], source.num_frames, axis=0)
+    for t in range(source.num_frames):
+        for shape in source.motion(index):
+            cx, cy = shape.centre(t)
+            size = shape.size * rng.uniform(*size_range)
+            dx, dy = rng.normal(0.0, jitter_px, size=2) if jitter_px else (0.0, 0.0)
+            x = float(np.clip(cx + dx, size, source.width - 1 - size))
+            y = float(np.clip(cy + dy, size, source.height - 1 - size))
+            _draw(frames[t], dataclasses.replace(shape, size=size, start=(x, y), velocity=(0.0, 0.0)), 0)
+    return frames
 
 
 def variant_clips(source: SyntheticVideos, variant: str, seed: int) -> np.ndarray:
@@ -67,6 +93,10 @@ def variant_clips(source: SyntheticVideos, variant: str, seed: int) -> np.ndarra
             video = video[rng.permutation(len(video))]
         elif variant == "blurred":
             video = gaussian_blur(video, 1.5)
+        elif variant == "jittered":
+            video = redrawn(source, i, rng, jitter_px=2.0)
+        elif variant == "resized":
+            video = redrawn(source, i, rng, size_range=(0.6, 1.4))
         clips.append(video)
     return np.stack(clips)
 
@@ -121,7 +151,14 @@ def main() -> int:
     reference = np.stack([source.video(i) for i in range(len(source))])
     repeat = i3d_frame_repeat(args.num_frames)
     extractor = I3DFeatures(batch_size=args.batch_size)
+    settings = {"num_clips": args.num_clips, "probe_seed": args.probe_seed, "table_clips": args.table_clips,
+                "table_seed": args.table_seed}
     results = {}
+    if args.json and os.path.isfile(args.json):
+        with open(args.json) as f:
+            earlier = json.load(f)
+        if {k: earlier.get(k) for k in settings} == settings:
+            results = {k: v for k, v in earlier["results"].items() if k not in variants}
     for variant in variants:
         clips = variant_clips(source, variant, args.probe_seed)
         with warnings.catch_warnings():
@@ -142,9 +179,7 @@ def main() -> int:
     if args.json:
         from sfv_jax.fileio import write_text_atomically
 
-        write_text_atomically(args.json, json.dumps({"num_clips": args.num_clips, "probe_seed": args.probe_seed,
-                                                     "table_clips": args.table_clips, "table_seed": args.table_seed,
-                                                     "results": results}, indent=2) + "\n")
+        write_text_atomically(args.json, json.dumps({**settings, "results": results}, indent=2) + "\n")
     return 0
 
 
