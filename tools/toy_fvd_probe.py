@@ -15,6 +15,8 @@ from clips of another held-out stream (never trained on, not the table's clips) 
   jittered    every shape drawn sharp but off its path by a random offset per frame (sigma 2 px per axis,
               about the 25-step teacher's median centroid error)
   resized     every shape drawn sharp on its path at a random size per frame (x0.6 to x1.4)
+  vae         the clips encoded and decoded by the toy VAE (--vae-checkpoint; posterior means): every generated
+              clip is a VAE decoding, so this is the FVD a perfect latent model would score
 
 With --json, results already in that file for the same settings are kept, so variants can be run in parts.
 
@@ -37,7 +39,7 @@ import numpy as np
 from sfv_jax.data.heldout import HELDOUT_SYNTHETIC_SEED_OFFSET
 from sfv_jax.data.synthetic import SyntheticVideos
 
-VARIANTS = ("real", "faded", "no_shapes", "frozen", "shuffled", "blurred", "jittered", "resized")
+VARIANTS = ("real", "faded", "no_shapes", "frozen", "shuffled", "blurred", "jittered", "resized", "vae")
 
 
 def gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
@@ -76,8 +78,30 @@ def redrawn(source: SyntheticVideos, index: int, rng: np.random.Generator, jitte
     return frames
 
 
-def variant_clips(source: SyntheticVideos, variant: str, seed: int) -> np.ndarray:
+def vae_roundtrip(clips: np.ndarray, checkpoint: str, batch_size: int = 8) -> np.ndarray:
+    """uint8 (K, T, H, W, 3): `clips` encoded (posterior means) and decoded by the VAE stored at `checkpoint`."""
+    import jax
+    import jax.numpy as jnp
+
+    from sfv_jax.checkpoint import load_checkpoint
+    from sfv_jax.train.encode import frames_to_unit_range
+
+    vae = load_checkpoint(checkpoint, names=["vae"])["vae"]
+    num_frames = clips.shape[1]
+
+    @jax.jit
+    def roundtrip(video):
+        frames = frames_to_unit_range(video).reshape(-1, *video.shape[2:])
+        return vae.decode(vae.encode(frames), num_frames).reshape(video.shape)
+
+    out = [np.asarray(roundtrip(jnp.asarray(clips[i:i + batch_size]))) for i in range(0, len(clips), batch_size)]
+    return np.clip(np.round((np.concatenate(out) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def variant_clips(source: SyntheticVideos, variant: str, seed: int, vae_checkpoint: str | None = None) -> np.ndarray:
     """uint8 (K, T, H, W, 3): every clip of `source` with `variant`'s change."""
+    if variant == "vae":
+        return vae_roundtrip(np.stack([source.video(i) for i in range(len(source))]), vae_checkpoint)
     rng = np.random.default_rng(seed)
     clips = []
     for i in range(len(source)):
@@ -114,6 +138,9 @@ def main() -> int:
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--vae-checkpoint", default="models/toy/teacher", metavar="CKPT",
+                        help="the 'vae' variant's VAE: any sfv-jax checkpoint holding one (the toy teacher's is the "
+                             "student's too)")
     parser.add_argument("--json", metavar="F", help="write the results here too")
     args = parser.parse_args()
 
@@ -160,7 +187,7 @@ def main() -> int:
         if {k: earlier.get(k) for k in settings} == settings:
             results = {k: v for k, v in earlier["results"].items() if k not in variants}
     for variant in variants:
-        clips = variant_clips(source, variant, args.probe_seed)
+        clips = variant_clips(source, variant, args.probe_seed, args.vae_checkpoint)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the rank warning of a small set: the count is in the output
             stats = set_stats(MemorySet(np.repeat(clips, repeat, axis=1), variant), extractor, f"I3D {variant}")
