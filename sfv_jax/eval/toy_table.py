@@ -105,7 +105,8 @@ def goals(results: dict) -> list[dict]:
                                                                       ("temporal only", "student_temporal"))]
     if student1 and all(a for _, a in ablations):
         met = all(student1["fvd"] < a["fvd"] for _, a in ablations)
-        detail = "; ".join(f"{name} FVD {a['fvd']:.1f}" for name, a in ablations) + f"; both heads {student1['fvd']:.1f}"
+        detail = f"FVD both heads {student1['fvd']:.1f}: " + ", ".join(
+            f"{1 - student1['fvd'] / a['fvd']:.1%} below {name} ({a['fvd']:.1f})" for name, a in ablations)
     else:
         met, detail = None, "needs the student and both one-head ablations at 1 step"
     out.append({"goal": "two-head student better than each one-head ablation", "met": met, "detail": detail})
