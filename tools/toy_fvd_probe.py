@@ -63,7 +63,7 @@ def redrawn(source: SyntheticVideos, index: int, rng: np.random.Generator, jitte
     `jitter_px` per axis and scaled by a factor drawn uniformly from `size_range` (clipped to stay in the frame)."""
     import dataclasses
 
-    from sfv_jax.data.synthetic import _draw
+    from sfv_jax.data.synthetic import draw_shape
 
     background = source.background(index)
     frames = np.repeat(background[None], source.num_frames, axis=0)
@@ -74,7 +74,7 @@ def redrawn(source: SyntheticVideos, index: int, rng: np.random.Generator, jitte
             dx, dy = rng.normal(0.0, jitter_px, size=2) if jitter_px else (0.0, 0.0)
             x = float(np.clip(cx + dx, size, source.width - 1 - size))
             y = float(np.clip(cy + dy, size, source.height - 1 - size))
-            _draw(frames[t], dataclasses.replace(shape, size=size, start=(x, y), velocity=(0.0, 0.0)), 0)
+            draw_shape(frames[t], dataclasses.replace(shape, size=size, start=(x, y), velocity=(0.0, 0.0)), 0)
     return frames
 
 

@@ -93,7 +93,7 @@ class SyntheticVideos:
         frames = np.repeat(background[None], self.num_frames, axis=0)
         for t in range(self.num_frames):
             for shape in shapes:
-                _draw(frames[t], shape, t)
+                draw_shape(frames[t], shape, t)
         return frames
 
     def clip(self, index: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +102,7 @@ class SyntheticVideos:
         return self.video(index)
 
 
-def _draw(frame: np.ndarray, shape: Shape, t: int) -> None:
+def draw_shape(frame: np.ndarray, shape: Shape, t: int) -> None:
     """Paints `shape` at frame t into frame (H, W, 3) in place; only its bounding box is touched."""
     cx, cy = shape.centre(t)
     s = shape.size
