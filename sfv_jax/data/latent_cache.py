@@ -72,8 +72,8 @@ def read_cache_index(path: str) -> dict:
 def latent_downsampling(config) -> int:
     """How many image pixels one latent spans per side: 2 ** (VAE blocks - 1), SVD's 8 without a vae section."""
     if "vae" in config:
-        from sfv_jax.models.vae import downsampling_factor
-        return downsampling_factor(config.vae.block_out_channels)
+        # models.vae.downsampling_factor's formula: the data package does not import models (docs/architecture.md)
+        return 2 ** (len(config.vae.block_out_channels) - 1)
     return 8
 
 
