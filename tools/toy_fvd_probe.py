@@ -98,14 +98,15 @@ def vae_roundtrip(clips: np.ndarray, checkpoint: str, batch_size: int = 8) -> np
     return np.clip(np.round((np.concatenate(out) + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def variant_clips(source: SyntheticVideos, variant: str, seed: int, vae_checkpoint: str | None = None) -> np.ndarray:
-    """uint8 (K, T, H, W, 3): every clip of `source` with `variant`'s change."""
+def variant_clips(source: SyntheticVideos, videos: np.ndarray, variant: str, seed: int,
+                  vae_checkpoint: str | None = None) -> np.ndarray:
+    """uint8 (K, T, H, W, 3): every clip of `source` (already drawn: `videos`) with `variant`'s change."""
     if variant == "vae":
-        return vae_roundtrip(np.stack([source.video(i) for i in range(len(source))]), vae_checkpoint)
+        return vae_roundtrip(videos, vae_checkpoint)
     rng = np.random.default_rng(seed)
     clips = []
     for i in range(len(source)):
-        video = source.video(i)
+        video = videos[i]
         background = np.broadcast_to(source.background(i), video.shape)
         if variant == "faded":
             video = ((video.astype(np.uint16) + background) // 2).astype(np.uint8)
@@ -187,7 +188,7 @@ def main() -> int:
         if {k: earlier.get(k) for k in settings} == settings:
             results = {k: v for k, v in earlier["results"].items() if k not in variants}
     for variant in variants:
-        clips = variant_clips(source, variant, args.probe_seed, args.vae_checkpoint)
+        clips = variant_clips(source, reference, variant, args.probe_seed, args.vae_checkpoint)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the rank warning of a small set: the count is in the output
             stats = set_stats(MemorySet(np.repeat(clips, repeat, axis=1), variant), extractor, f"I3D {variant}")
