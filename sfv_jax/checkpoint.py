@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from sfv_jax.convert.components import component_for_class, component_for_module
-from sfv_jax.convert.weight_files import read_json_object
+from sfv_jax.fileio import read_json_object
 from sfv_jax.errors import CheckpointError
 from sfv_jax.fileio import atomic_directory
 from sfv_jax.models import ModelOptions

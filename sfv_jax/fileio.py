@@ -1,13 +1,29 @@
-"""Output that is either complete or absent: nothing half-written is left on disk."""
+"""Files whole: JSON objects read with one-line errors, and output that is either complete or absent (nothing
+half-written is left on disk)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 
-from sfv_jax.errors import SfvError
+from sfv_jax.errors import CheckpointError, SfvError
+
+
+def read_json_object(path: str) -> dict:
+    """A JSON file that must hold an object; every failure is a one-line CheckpointError naming it."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing")
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return value
 
 
 @contextlib.contextmanager

@@ -74,3 +74,21 @@ def test_rows_of_models_not_given_are_reported_as_saved_only_for_the_tables_clip
     assert set(found) == {("student_spatial", 1)}
     assert rows_saved_without_weights(str(tmp_path), {"teacher", "student"}, 256, 1) == {}
     assert rows_saved_without_weights(str(tmp_path), {"student_spatial"}, 256, 0).keys() == {("student", 1)}
+
+
+def test_a_damaged_saved_row_is_a_one_line_error_naming_its_file(tmp_path):
+    """A truncated row file (a run stopped mid-write by hand, a bad merge) must stop the table with one line naming
+    the file, not a JSONDecodeError traceback, and a row that is JSON but not an object is refused the same way.
+    Catches the rows read with a bare json.load."""
+    import pytest
+
+    from sfv_jax.errors import CheckpointError
+    from sfv_jax.eval.toy_table import rows_saved_without_weights
+
+    path = tmp_path / "student_spatial_1.json"
+    for text, why in (('{"fvd": 75', "not valid JSON"), ("[1, 2]", "expected a JSON object")):
+        path.write_text(text)
+        with pytest.raises(CheckpointError) as error:
+            rows_saved_without_weights(str(tmp_path), {"teacher", "student"}, 256, 0)
+        message = str(error.value)
+        assert "\n" not in message and str(path) in message and why in message, message

@@ -21,7 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sfv_jax.convert.weight_files import read_json_object  # noqa: E402
+from sfv_jax.fileio import read_json_object  # noqa: E402
 from sfv_jax.train.metrics_log import read_metrics  # noqa: E402
 
 SMALL_EVAL_FILE = "eval_toy.json"

@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 from sfv_jax.checkpoint import fingerprint
-from sfv_jax.convert.weight_files import read_json_object
+from sfv_jax.fileio import read_json_object
 from sfv_jax.errors import SfvError
 from sfv_jax.eval.toy_table import markdown, rows_for, rows_saved_without_weights, stale_reason
 

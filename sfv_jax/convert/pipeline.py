@@ -17,7 +17,8 @@ from flax import nnx
 from sfv_jax.convert.components import (PIPELINE_COMPONENTS, PIPELINE_CONFIG_FILES, Component,
                                         component_for_config, component_for_module)
 from sfv_jax.convert.engine import import_params, plan_import
-from sfv_jax.convert.weight_files import TensorSource, read_config, read_json_object, weight_paths
+from sfv_jax.convert.weight_files import TensorSource, read_config, weight_paths
+from sfv_jax.fileio import read_json_object
 from sfv_jax.errors import CheckpointError
 from sfv_jax.fileio import atomic_directory
 from sfv_jax.models import ModelOptions

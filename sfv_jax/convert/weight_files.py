@@ -10,20 +10,7 @@ import numpy as np
 
 from sfv_jax.convert.safetensors_io import SafetensorsFile
 from sfv_jax.errors import CheckpointError
-
-
-def read_json_object(path: str) -> dict:
-    """A JSON file that must hold an object; every failure is a one-line CheckpointError naming it."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: missing")
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return value
+from sfv_jax.fileio import read_json_object
 
 
 def read_config(folder: str, name: str = "config.json") -> dict:

@@ -58,15 +58,15 @@ def rows_saved_without_weights(rows_dir: str, given: set[str], num_clips: int, s
     in `given`, whose weights are not at hand (the ablation students are trained and scored in one session, not
     shipped): reported as they were saved when their clip count and seed are the table's. Their fingerprints stay
     in the JSON, so what they scored is still named."""
-    import json
     import os
+
+    from sfv_jax.fileio import read_json_object
 
     found = {}
     for row in rows_for(ALL_MODELS - set(given)):
         path = os.path.join(rows_dir, f"{row.model}_{row.steps}.json")
         if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)  # eval does not import convert's read_json_object (docs/architecture.md)
+            saved = read_json_object(path)
             if (saved.get("num_clips"), saved.get("seed")) == (num_clips, seed):
                 found[(row.model, row.steps)] = saved
     return found

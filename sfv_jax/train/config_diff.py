@@ -65,7 +65,7 @@ def resume_changes(workdir: str, current: dict, reconfigure: bool) -> list[tuple
 
     Reads only: nothing in the workdir is written (see record_reconfigure, once the resume succeeded).
     """
-    from sfv_jax.convert.weight_files import read_json_object
+    from sfv_jax.fileio import read_json_object
     from sfv_jax.train import workdir as wd
     saved = {"objective": "sfv", **read_json_object(os.path.join(workdir, wd.CONFIG))}  # runs before the field
     changes = config_changes(saved, current)

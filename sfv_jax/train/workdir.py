@@ -21,7 +21,7 @@ import os
 
 import ml_collections
 
-from sfv_jax.convert.weight_files import read_json_object
+from sfv_jax.fileio import read_json_object
 
 CONFIG = "config.json"
 PIPELINE = "pipeline.json"
