@@ -92,3 +92,21 @@ def test_a_damaged_saved_row_is_a_one_line_error_naming_its_file(tmp_path):
             rows_saved_without_weights(str(tmp_path), {"teacher", "student"}, 256, 0)
         message = str(error.value)
         assert "\n" not in message and str(path) in message and why in message, message
+
+
+def test_a_card_gets_the_table_between_its_markers_and_nothing_else_changes():
+    """The model cards carry the table (tools/toy_table.py --cards). Catches the table appended instead of
+    replacing the old one (a second run would hold two tables), text outside the markers touched, and a card
+    without markers (or with them twice or reversed) rewritten by guess instead of refused."""
+    import pytest
+
+    from sfv_jax.eval.toy_table import CARD_TABLE_END, CARD_TABLE_START, with_table
+
+    card = f"# card\n\nabove\n{CARD_TABLE_START}\nold table\n{CARD_TABLE_END}\nbelow\n"
+    once = with_table(card, "| new |\n")
+    assert once == f"# card\n\nabove\n{CARD_TABLE_START}\n| new |\n{CARD_TABLE_END}\nbelow\n"
+    assert with_table(once, "| new |\n") == once
+    for broken in ("# card\nno markers\n", card + CARD_TABLE_START + "\n",
+                   f"{CARD_TABLE_END}\nx\n{CARD_TABLE_START}\n"):
+        with pytest.raises(ValueError, match="models/x/README.md: needs the line"):
+            with_table(broken, "| new |", "models/x/README.md")

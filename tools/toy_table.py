@@ -8,7 +8,8 @@ on the same held-out clips, then the table and its goals as markdown.
 Each row's JSON lands in OUT/rows/ as it finishes and is reused on a rerun while its weights (the checkpoint's
 fingerprint), clip count and seed are the same: an interrupted table resumes, and one kept in git can be finished
 over several sessions without mixing models. The held-out set's I3D statistics are computed once
-(OUT/real_stats.npz). Writes OUT/table.md and OUT/table.json.
+(OUT/real_stats.npz). Writes OUT/table.md and OUT/table.json, and with --cards the table into each model card given
+(between its two marker lines, sfv_jax.eval.toy_table.CARD_TABLE_START / _END).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import subprocess
 import sys
 
 from sfv_jax.checkpoint import fingerprint
-from sfv_jax.fileio import read_json_object
+from sfv_jax.fileio import read_json_object, write_text_atomically
 from sfv_jax.errors import SfvError
-from sfv_jax.eval.toy_table import markdown, rows_for, rows_saved_without_weights, stale_reason
+from sfv_jax.eval.toy_table import markdown, rows_for, rows_saved_without_weights, stale_reason, with_table
 
 
 def main() -> int:
@@ -40,6 +41,8 @@ def main() -> int:
                              "left out, goals needing them 'not measured'); rows saved for a model not given here "
                              "(the ablation students, whose weights are not shipped) are reported as saved, their "
                              "fingerprints in table.json")
+    parser.add_argument("--cards", nargs="+", default=[], metavar="README",
+                        help="model cards (markdown) to write the table into, between their marker lines")
     args = parser.parse_args()
 
     checkpoints = {"teacher": args.teacher, "student": args.student, "student_spatial": args.student_spatial,
@@ -51,7 +54,8 @@ def main() -> int:
             return 2
     try:
         fingerprints = {name: fingerprint(path) for name, path in checkpoints.items()}
-    except SfvError as e:
+        cards = {path: read_card(path) for path in args.cards}  # checked before any row is computed
+    except (SfvError, ValueError) as e:
         print(f"toy_table: error: {e}", file=sys.stderr)
         return 2
     os.makedirs(os.path.join(args.out, "rows"), exist_ok=True)
@@ -91,12 +95,23 @@ def main() -> int:
     if len(results) < wanted:
         settings += f"; partial: {len(results)} of {wanted} rows computed so far"
     text = markdown(results, settings)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, "table.json"), "w") as f:
-        json.dump({f"{m}_{n}": r for (m, n), r in results.items()}, f, indent=2)
+    write_text_atomically(os.path.join(args.out, "table.md"), text)
+    write_text_atomically(os.path.join(args.out, "table.json"),
+                          json.dumps({f"{m}_{n}": r for (m, n), r in results.items()}, indent=2))
+    for path, card in cards.items():
+        write_text_atomically(path, with_table(card, text, path))
     print(text)
     return 0
+
+
+def read_card(path: str) -> str:
+    """A model card's text, checked to have the table's marker lines (ValueError, one line, otherwise)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--cards {path}: no such file")
+    with open(path) as f:
+        card = f.read()
+    with_table(card, "", path)
+    return card
 
 
 if __name__ == "__main__":

@@ -130,3 +130,22 @@ def markdown(results: dict, settings: str) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
         lines.append(f"| {g['goal']} | {met} | {g['detail']} |")
     return "\n".join(lines) + "\n"
+
+
+# A model card holds the table between these two lines; `tools/toy_table.py --cards` rewrites what is between them.
+CARD_TABLE_START = "<!-- toy table start: written by tools/toy_table.py --cards, edits between these lines are lost -->"
+CARD_TABLE_END = "<!-- toy table end -->"
+
+
+def with_table(card: str, table: str, where: str = "the card") -> str:
+    """card (a model card's markdown) with the text between CARD_TABLE_START and CARD_TABLE_END replaced by table.
+
+    Raises ValueError (one line, naming `where`) when the card lacks the two marker lines, holds either twice, or
+    holds them out of order: a card is never rewritten by guess."""
+    lines = card.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.strip() == CARD_TABLE_START]
+    ends = [i for i, line in enumerate(lines) if line.strip() == CARD_TABLE_END]
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
+        raise ValueError(f"{where}: needs the line {CARD_TABLE_START!r} and, below it, the line {CARD_TABLE_END!r}, "
+                         f"once each, where the table goes (found {len(starts)} and {len(ends)})")
+    return "\n".join(lines[:starts[0] + 1] + [table.rstrip("\n")] + lines[ends[0]:])
