@@ -26,6 +26,21 @@ def read_json_object(path: str) -> dict:
     return value
 
 
+def _umask() -> int:
+    """The process's umask. Read from /proc where it can be: setting it to read it (the fallback) briefly changes it
+    for every thread, e.g. a checkpointer's writers."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str, overwrite: bool = False):
     """Yields a temporary sibling folder to write into; renames it to `path` on success.
@@ -40,6 +55,7 @@ def atomic_directory(path: str, overwrite: bool = False):
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result should be a folder like mkdir's
         if os.path.exists(path):
             shutil.rmtree(path)
         os.rename(tmp, path)
@@ -63,6 +79,7 @@ def write_file_atomically(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result should be a file like open()'s
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
