@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from sfv_jax.errors import CheckpointError
-from sfv_jax.fileio import atomic_directory, read_json_object, write_text_atomically
+from sfv_jax.fileio import atomic_directory, read_json_object, write_file_atomically, write_text_atomically
 
 
 def test_outputs_get_the_permissions_plain_open_and_mkdir_would_give(tmp_path):
@@ -35,7 +35,6 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
             f.write("half")
         raise RuntimeError("disk full")
 
-    from sfv_jax.fileio import write_file_atomically
     with pytest.raises(RuntimeError):
         write_file_atomically(str(tmp_path / "table.md"), fail)
     with pytest.raises(RuntimeError):

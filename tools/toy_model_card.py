@@ -21,6 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sfv_jax.eval.toy_table import CARD_TABLE_END, CARD_TABLE_START  # noqa: E402
 from sfv_jax.fileio import read_json_object  # noqa: E402
 from sfv_jax.train.metrics_log import read_metrics  # noqa: E402
 
@@ -123,7 +124,8 @@ def card(workdir: str, model: str, command: str, table: str | None, small_eval: 
         lines += small_eval_section(model, small_eval)
     if table:
         with open(table) as f:
-            lines += ["## Evaluation", "", f.read().strip(), ""]
+            # between the markers `tools/toy_table.py --cards` rewrites, so a later table can replace this one
+            lines += ["## Evaluation table", "", CARD_TABLE_START, f.read().strip(), CARD_TABLE_END, ""]
     return "\n".join(lines)
 
 
