@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sfv_jax.train.tree_stats import all_finite, global_norm
+
 
 @flax.struct.dataclass
 class ModelTrainState:
@@ -42,12 +44,6 @@ def init_model_state(params, tx: optax.GradientTransformation, seed: int, encode
                            ema=jax.tree.map(jnp.array, params), opt=tx.init(params), encoders=encoders)
 
 
-def all_finite(tree) -> jax.Array:
-    """() bool: every floating leaf of `tree` is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.asarray(leaves)) if leaves else jnp.asarray(True)
-
-
 def apply_gradients(state: ModelTrainState, grads, losses: jax.Array, tx: optax.GradientTransformation,
                     ema_decay: float, next_rng: jax.Array, frozen: tuple[str, ...] = ()) -> tuple[ModelTrainState, dict]:
     """The optimiser update, the EMA and the non-finite guard; returns (new state, metrics).
@@ -62,11 +58,11 @@ def apply_gradients(state: ModelTrainState, grads, losses: jax.Array, tx: optax.
     params = optax.apply_updates(state.params, updates)
     params = {**params, **{k: state.params[k] for k in frozen}}
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(optax.global_norm(updates))
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(global_norm(updates))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(step=state.step + 1, rng=next_rng, params=keep(params, state.params),
                               ema=keep(ema, state.ema), opt=keep(opt, state.opt))
-    metrics = dict(loss=jnp.mean(losses), grad_norm=optax.global_norm(grads),
+    metrics = dict(loss=jnp.mean(losses), grad_norm=global_norm(grads),
                    nonfinite=1.0 - finite.astype(jnp.float32),
                    state_finite=all_finite((new_state.params, new_state.ema)).astype(jnp.float32))
     return new_state, metrics

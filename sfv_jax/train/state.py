@@ -24,6 +24,7 @@ from sfv_jax.models.random_init import random_tree
 from sfv_jax.models.unet import UNetSpatioTemporalConditionModel
 from sfv_jax.models.unet_config import UNetConfig
 from sfv_jax.models.vae import AutoencoderKLTemporalDecoder, VAEConfig
+from sfv_jax.train.tree_stats import clip_by_global_norm
 
 
 @flax.struct.dataclass
@@ -63,7 +64,7 @@ def make_optimizer(optim, learning_rate: float) -> optax.GradientTransformation:
         raise ValueError(f"optim.name={optim.name!r}: use 'sm3' or 'adamw'")
 
     def build(learning_rate):
-        parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+        parts = [clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
         if optim.name == "sm3":
             parts += [optax.scale_by_sm3(b1=optim.b1, b2=optim.b2, eps=optim.eps), optax.scale_by_learning_rate(
                 learning_rate)]

@@ -22,7 +22,7 @@ import optax
 
 from sfv_jax.diffusion.edm import c_in, c_noise, denoise
 from sfv_jax.models.options import at_least_float32
-from sfv_jax.train import accumulate, losses
+from sfv_jax.train import accumulate, losses, tree_stats
 from sfv_jax.train.noise import NoiseSampler
 from sfv_jax.train.state import SFVModels, TrainState
 
@@ -158,20 +158,19 @@ class SFVTrainStep:
         # Non-finite guard: a step whose losses or updates are not finite changes nothing but the step
         # counter and the rng (so the data and noise move on); the loop counts such steps.
         finite = (jnp.all(jnp.isfinite(aux["g_loss"])) & jnp.all(jnp.isfinite(aux["d_loss"]))
-                  & jnp.isfinite(optax.global_norm(g_updates)) & jnp.isfinite(optax.global_norm(d_updates)))
+                  & jnp.isfinite(tree_stats.global_norm(g_updates)) & jnp.isfinite(tree_stats.global_norm(d_updates)))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         rng, _ = self.step_keys(state.rng)
         new_state = state.replace(
             step=state.step + 1, rng=rng, g_params=keep(g_params, state.g_params), g_ema=keep(g_ema, state.g_ema),
             d_heads=keep(d_heads, state.d_heads), g_opt=keep(g_opt, state.g_opt), d_opt=keep(d_opt, state.d_opt))
-        # Checked here (one fused reduction) so the loop never writes a checkpoint holding NaN or inf.
-        state_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
-            (new_state.g_params, new_state.g_ema, new_state.d_heads)) if jnp.issubdtype(x.dtype, jnp.inexact)]))
+        # Checked here so the loop never writes a checkpoint holding NaN or inf.
+        state_finite = tree_stats.all_finite((new_state.g_params, new_state.g_ema, new_state.d_heads))
         # d_{real,fake}_{spatial,temporal}: the mean logits of each head family the discriminator has
         metrics = {k: jnp.mean(v) for k, v in aux.items()
                    if k in ("g_loss", "d_loss", "recon", "g_adv", "hinge", "r1") or k.startswith(("d_real_", "d_fake_"))}
         metrics.update(
-            g_grad_norm=optax.global_norm(grads["g"]), d_grad_norm=optax.global_norm(grads["d"]),
+            g_grad_norm=tree_stats.global_norm(grads["g"]), d_grad_norm=tree_stats.global_norm(grads["d"]),
             sigma_g_mean=jnp.mean(aux["sigma"]), sigma_d_mean=jnp.mean(aux["sigma_d"]),
             sigma_d_log_mean=jnp.mean(jnp.log(aux["sigma_d"])), sigma_d_min=jnp.min(aux["sigma_d"]),
             sigma_d_max=jnp.max(aux["sigma_d"]), nonfinite=1.0 - finite.astype(jnp.float32),
