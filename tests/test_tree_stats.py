@@ -26,6 +26,19 @@ def test_global_norm_equals_optax():
     assert float(tree_stats.global_norm({})) == 0.0
 
 
+def test_global_norm_keeps_float64_leaves_in_float64():
+    """Catches: partials cast to float32 whatever the leaf dtype, which rounds a float64 run's norm (and so its
+    clipping) to ~1e-7 relative (the float64 sharded-vs-single-device step tests then differ by ~5e-8)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        tree = [jnp.asarray(rng.normal(size=(7, 3)) * 10.0 ** k, jnp.float64) for k in range(-3, 4)]
+        tree.append(jnp.asarray(rng.normal(size=(4,)), jnp.float32))
+        expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in tree))
+        got = jax.jit(tree_stats.global_norm)(tree)
+        assert got.dtype == jnp.float64
+        assert abs(float(got) - expected) <= 1e-13 * expected
+
+
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", ["a", "b16", "c"])
 def test_all_finite_finds_one_bad_element_in_any_leaf(bad, where):
