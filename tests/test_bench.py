@@ -24,7 +24,8 @@ MICRO_PIPELINE = ["unet.layers_per_block=1", "unet.block_out_channels=(32,)",
                   "unet.down_block_types=('DownBlockSpatioTemporal',)", "unet.up_block_types=('UpBlockSpatioTemporal',)",
                   "unet.num_attention_heads=(2,)", "vae.block_out_channels=(32,32)",
                   "vae.down_block_types=('DownEncoderBlock2D','DownEncoderBlock2D')", "image_encoder.num_hidden_layers=1"]
-MICRO_TRAIN = MICRO_PIPELINE[:5] + ["sfv.r1_mode=off"]
+# The two-block VAE downsamples 2x, not SVD's 8x: the train bench must size its latents from the config.
+MICRO_TRAIN = MICRO_PIPELINE[:7] + ["sfv.r1_mode=off"]
 # The subprocesses compile with LLVM's cheap settings: these tests check fields, not speed.
 FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 "
                 "--xla_llvm_disable_expensive_passes=true --xla_cpu_parallel_codegen_split_count=1")
@@ -98,6 +99,8 @@ def test_vs_torch_same_weights_same_answer(tmp_path):
 
 
 def test_train_step(tmp_path):
+    """The train bench's fields at micro size, with a VAE that downsamples 2x. Catches a wrong FLOP or MFU sum, a
+    state not donated, and latents sized for SVD's 8x VAE whatever the config's (32x32 clips gave 4x4 latents)."""
     stdout, payload = run_bench(tmp_path, "train", "--config", "configs/tiny_sfv.py", *_overrides(MICRO_TRAIN),
                                 "--batch", "2", "--grad-accum", "1", "--num-frames", "2", "--height", "32",
                                 "--width", "32", "--peak-tflops", "0.5")
@@ -110,7 +113,7 @@ def test_train_step(tmp_path):
     mem = r["memory"]
     assert mem["estimated_peak_bytes"] >= mem["argument_size_in_bytes"] > 0
     assert mem["alias_size_in_bytes"] > 0  # the state is donated
-    assert payload["config"]["global_batch_size"] == 2 and payload["config"]["latent"] == [4, 4]
+    assert payload["config"]["global_batch_size"] == 2 and payload["config"]["latent"] == [16, 16]
     assert all(math.isfinite(v) for v in r["final_metrics"].values())
 
 

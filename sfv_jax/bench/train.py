@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sfv_jax.bench import report
-from sfv_jax.bench.inference import flops_of, vars_of
+from sfv_jax.bench.inference import flops_of, latent_scale, vars_of
 from sfv_jax.errors import SfvError
 
 
@@ -56,7 +56,8 @@ def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
     """latents (B,T,h,w,4) at the data scale, image_latent (B,h,w,4), clip (B,1,D), added_time_ids (B,3)."""
     rng = np.random.default_rng(seed)
     b, t = config.global_batch_size, config.data.num_frames
-    h, w = config.data.height // 8, config.data.width // 8
+    f = latent_scale(config)
+    h, w = config.data.height // f, config.data.width // f
     sfv = config.sfv
     return dict(latents=(0.5 * rng.standard_normal((b, t, h, w, 4))).astype(np.float32),
                 image_latent=rng.standard_normal((b, h, w, 4)).astype(np.float32),
@@ -105,8 +106,10 @@ def run(args) -> dict[str, Any]:
     b, m = config.global_batch_size, config.grad_accum_steps
     if b % m:
         raise SfvError(f"global batch {b} does not split into {m} micro-batches; change --batch or --grad-accum")
-    if config.data.height % 8 or config.data.width % 8:
-        raise SfvError(f"height and width must be multiples of 8, got {config.data.height}x{config.data.width}")
+    f = latent_scale(config)
+    if config.data.height % f or config.data.width % f:
+        raise SfvError(f"height and width must be multiples of the VAE's downsampling {f}, "
+                       f"got {config.data.height}x{config.data.width}")
     machine = report.machine()
 
     models = SFVModels(config)
@@ -147,7 +150,7 @@ def run(args) -> dict[str, Any]:
     }
     payload = {"benchmark": "train", "machine": machine, "args": vars_of(args),
                "config": {"global_batch_size": b, "grad_accum_steps": m, "num_frames": config.data.num_frames,
-                          "latent": [config.data.height // 8, config.data.width // 8],
+                          "latent": [config.data.height // f, config.data.width // f],
                           "dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
                           "remat": config.model.remat, "r1_mode": config.sfv.r1_mode,
                           "mesh": dict(zip(mesh.axis_names, map(int, mesh.devices.shape)))},
