@@ -1,5 +1,6 @@
-"""tools/encode_latents.py and sfv_jax.data.latent_cache: rows equal the encode fn per clip, the cache streams
-like the clip iterator (determinism, resume across epochs, process shards), misfits and bad input fail cleanly."""
+"""tools/encode_latents.py and sfv_jax.data.latent_cache: rows equal the encode fn per clip, first frames
+re-encode as on-the-fly encoding would, the cache streams like the clip iterator (determinism, resume across
+epochs, process shards), misfits and bad input fail cleanly."""
 
 import importlib.util
 import json
@@ -41,7 +42,7 @@ def cache(tmp_path_factory):
 
 
 def table(path):
-    return {k: np.load(os.path.join(path, f"{k}.npy")) for k in (*KEYS, "noise_key")}
+    return {k: np.load(os.path.join(path, f"{k}.npy")) for k in (*KEYS, "noise_key", "first_frame")}
 
 
 def rel_l2(a, b):
@@ -75,8 +76,43 @@ def test_rows_are_the_encode_fn_of_each_clip_with_its_recorded_noise(cache):
             error = rel_l2(rows[k][i], ref[k][0])
             print(f"clip {i} {k}: rel L2 {error:.1e}")
             assert error < 1e-5, (i, k, error)
+        np.testing.assert_array_equal(rows["first_frame"][i], frames[0, 0])  # the clean frame, uint8
+    assert rows["first_frame"].dtype == np.uint8
     assert rel_l2(rows["image_latent"][0], rows["image_latent"][1]) > 1e-2  # distinct clips, distinct rows
     np.testing.assert_allclose(rows["added_time_ids"], np.broadcast_to([6.0, 127.0, 0.02], (6, 3)), rtol=1e-6)
+
+
+def test_reconditioned_rows_are_the_batch_on_the_fly_encoding_draws_for_the_same_key(cache):
+    """make_recondition_fn on cached rows (with their first frames) gives the batch make_encode_fn gives on the
+    clips, for the same key, with the noise strength drawn per clip (the denoise objective's): the image latent and
+    the added time ids within 1e-5, latents and CLIP embeddings the cache's. Catches re-encoding without the
+    step's noise or strength, a strength not written into added_time_ids, or first frames in the wrong range."""
+    from configs import svd_finetune
+    from sfv_jax.train.encode import make_encode_fn, make_recondition_fn
+    from sfv_jax.train.objectives import make_objective
+    from sfv_jax.train.state import SFVModels
+
+    config = load_config(CONFIG, OVERRIDES)
+    with config.unlocked():
+        config.denoise = svd_finetune.denoise_section()
+    models = SFVModels(config)
+    weights = make_objective(config).initial_weights()[0]
+    encoders = {name: weights[name] for name in ("vae", "image_encoder")}
+    rows = next(LatentCacheIterator(cache, 4, seed=3, with_first_frame=True))
+    key = jax.random.PRNGKey(11)
+    got = jax.device_get(jax.jit(make_recondition_fn(config, models, drawn_noise_aug=True))(encoders, rows, key))
+    order = [make_clip_iterator(config.data, 4, seed=3).row_index(j)[1] for j in range(4)]
+    source = make_source(config.data)
+    frames = np.stack([source.clip(i, RowOrder(6, 1, config.seed).window_rng(i)) for i in order])
+    want = jax.device_get(jax.jit(make_encode_fn(config, models, drawn_noise_aug=True))(encoders, frames, key))
+    strengths = got["added_time_ids"][:, 2]
+    assert len(set(np.round(strengths, 6))) == 4 and not np.allclose(strengths, 0.02)  # drawn, one per clip
+    for k in ("image_latent", "added_time_ids"):
+        error = rel_l2(got[k], want[k])
+        print(f"{k}: rel L2 {error:.1e} against on-the-fly encoding")
+        assert error < 1e-5, (k, error)
+    for k in ("latents", "clip"):
+        np.testing.assert_array_equal(got[k], rows[k])
 
 
 def test_iterator_streams_like_the_clip_iterator_and_resumes_exactly(cache):
@@ -151,6 +187,17 @@ def test_a_cache_that_does_not_fit_the_config_or_is_corrupt_is_a_data_error(cach
     with pytest.raises(DataError, match="corrupt") as error:
         check_cache_matches(str(broken), load_config(CONFIG, OVERRIDES))
     assert "\n" not in str(error.value)
+    # A cache written before first frames were cached still serves SF-V, and names the fix for denoise.
+    older = tmp_path / "older"
+    shutil.copytree(cache, older)
+    index = json.load(open(older / "cache.json"))
+    del index["keys"]["first_frame"]
+    json.dump(index, open(older / "cache.json", "w"))
+    os.remove(older / "first_frame.npy")
+    assert set(next(LatentCacheIterator(str(older), 4, 0))) == set(KEYS)
+    with pytest.raises(DataError, match="holds no first frames") as error:
+        LatentCacheIterator(str(older), 4, 0, with_first_frame=True)
+    assert "\n" not in str(error.value) and "encode_latents.py" in str(error.value)
 
 
 def test_bad_input_exits_2_and_leaves_nothing_on_disk(cache, tmp_path, capsys, monkeypatch):

@@ -214,7 +214,8 @@ def _one_line_error(capsys, args):
 def test_bad_objective_inputs_fail_in_one_line_and_write_nothing(vae_run, tmp_path, capsys):
     """Exit 2 with one line naming the problem, and no workdir created, for: an unknown objective; an SF-V run
     started from a VAE workdir (it holds no UNet); a teacher whose config's VAE is not the checkpoint's
-    architecture. `sfv-jax sample` from a VAE workdir: exit 2, one line saying it is not a pipeline."""
+    architecture; a VAE run told to read a latent cache. `sfv-jax sample` from a VAE workdir: exit 2, one line
+    saying it is not a pipeline."""
     base = ["train", "--config", "configs/toy.py:teacher", *[f"--config.{o}" for o in MICRO_TOY]]
     cases = [
         (["--config.objective=nope"], "objective='nope' is unknown"),
@@ -225,15 +226,56 @@ def test_bad_objective_inputs_fail_in_one_line_and_write_nothing(vae_run, tmp_pa
         code, err = _one_line_error(capsys, [*base, "--workdir", str(workdir), *extra])
         assert code == 2 and len(err) == 1 and message in err[0], err
         assert not workdir.exists()
+    workdir = tmp_path / "vae_cached"  # a VAE learns the encoding: it cannot train from a latent cache
+    code, err = _one_line_error(capsys, ["train", "--config", "configs/toy.py:vae", "--workdir", str(workdir),
+                                         *[f"--config.{o}" for o in MICRO_TOY], "--config.data.latents=cache"])
+    assert code == 2 and len(err) == 1 and "'vae' trains on frames" in err[0], err
+    assert not workdir.exists()
     workdir = tmp_path / "sfv"
     code, err = _one_line_error(capsys, ["train", "--config", "configs/toy.py:sfv", "--workdir", str(workdir),
                                          *[f"--config.{o}" for o in MICRO_TOY], f"--config.init_checkpoint={vae_run}"])
     assert code == 2 and len(err) == 1 and "holds vae" in err[0] and "unet" in err[0], err
     assert not workdir.exists()
-    from tests.test_sampling import random_image
+    from tests.test_sampling import random_image  # importing it may warn on stderr (transformers): not ours
+    capsys.readouterr()
     image = tmp_path / "image.png"
     random_image(32, 32, seed=1).save(image)
     code, err = _one_line_error(capsys, ["sample", "--checkpoint", vae_run, "--image", str(image), "--out",
                                          str(tmp_path / "out.gif")])
     assert code == 2 and len(err) == 1 and "not a pipeline" in err[0], err
     assert not (tmp_path / "out.gif").exists()
+
+
+def test_teacher_from_a_latent_cache_makes_the_steps_of_on_the_fly_encoding(teacher_run, vae_run, cache, tmp_path):
+    """A teacher run reading a latent cache (data.latents=cache: the clips' latents and CLIP embeddings
+    pre-encoded by tools/encode_latents.py, the first frame re-encoded every step with the step's drawn noise
+    strength) logs the losses the on-the-fly run logs, step for step, within LOSS_RTOL. Catches a cached denoise run
+    that reads the cache's fixed-strength image_latent (the strength stops being drawn), draws its conditioning
+    noise from another key, streams the rows in another order, or loses the first frame's scaling."""
+    from sfv_jax.config import load_config
+    from sfv_jax.data import LatentCacheIterator
+
+    # The cache's latents come from encoder calls on batches of 4 clips, the on-the-fly run's from batches of 4
+    # too but split over 2 devices: XLA sums the convolutions in another order (~2e-6 relative on the latents,
+    # tests/test_latent_cache.py), which the UNet's loss passes on at about that size.
+    LOSS_RTOL = 1e-4
+    reference, _ = teacher_run
+    options = [f"--config.{o}" for o in (*MICRO_TOY, f"init_checkpoint={vae_run}")]
+    latents = str(tmp_path / "latents")
+    run([sys.executable, "tools/encode_latents.py", "--config", "configs/toy.py:teacher", "--out", latents,
+         "--batch-size", "64", *options], devices=2)
+    config = load_config("configs/toy.py:teacher", list(MICRO_TOY))
+    rows = LatentCacheIterator(latents, 4, seed=0, with_first_frame=True)
+    assert rows.global_batch_shapes()["first_frame"] == (4, config.data.height, config.data.width, 3)
+    assert next(rows)["first_frame"].dtype == np.uint8
+
+    workdir = str(tmp_path / "wd")
+    cmd = toy_cmd("teacher", workdir, cache, f"init_checkpoint={vae_run}", "data.latents=cache",
+                  f"data.latent_cache={latents}", "total_steps=3")
+    run(cmd, devices=2)
+    got = {m["step"]: m["loss"] for m in read_metrics(os.path.join(workdir, "metrics.jsonl"))}
+    want = {m["step"]: m["loss"] for m in read_metrics(os.path.join(reference, "metrics.jsonl")) if m["step"] <= 3}
+    print(f"losses from the cache {got}, on the fly {want}")
+    assert got.keys() == want.keys() == {1, 2, 3}
+    for step in got:
+        assert got[step] == pytest.approx(want[step], rel=LOSS_RTOL), (step, got[step], want[step])

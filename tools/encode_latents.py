@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from sfv_jax.data.latent_cache import BATCH_KEYS, FORMAT, INDEX_NAME, NOISE_KEY  # noqa: E402
+from sfv_jax.data.latent_cache import BATCH_KEYS, FIRST_FRAME, FORMAT, INDEX_NAME, NOISE_KEY  # noqa: E402
 from sfv_jax.errors import SfvError  # noqa: E402
 
 NOISE_SEED_OFFSET = 5  # noise keys come from PRNGKey(seed + 5): +3 and +4 are the train loop's encode and sample keys
@@ -121,7 +121,7 @@ def encode_cache(config, out: str, num_clips: int | None = None, batch_size: int
     if batch_size < 1:
         raise SfvError(f"--batch-size {batch_size} must be >= 1")
     batch_size = -(-batch_size // devices) * devices
-    models = SFVModels(config)
+    models = SFVModels(config, with_discriminator="disc" in config)  # a denoise config has no disc section
     encode, replicated = make_row_encoder(config, models, devices)
     encoders = jax.device_put(encoder_weights(config, models), replicated)
     order = RowOrder(total, 1, config.seed)  # window_rng(i): the window clip i would get at epoch 0, position i
@@ -132,13 +132,15 @@ def encode_cache(config, out: str, num_clips: int | None = None, batch_size: int
     shapes = jax.eval_shape(encode, encoders, frames_shape, jax.ShapeDtypeStruct((batch_size, 2), np.uint32))
 
     index = dict(format=FORMAT, num_clips=num_clips,
-                 keys={k: dict(shape=[num_clips, *shapes[k].shape[1:]], dtype=dtype) for k in BATCH_KEYS},
+                 keys={**{k: dict(shape=[num_clips, *shapes[k].shape[1:]], dtype=dtype) for k in BATCH_KEYS},
+                       FIRST_FRAME: dict(shape=[num_clips, d.height, d.width, 3], dtype="uint8")},
                  noise_key=dict(shape=list(keys.shape), dtype=str(keys.dtype), derivation=(
                      f"jax.random.fold_in(jax.random.PRNGKey(seed + {NOISE_SEED_OFFSET}), i)")),
                  clip_window="source.clip(i, numpy.random.default_rng([seed, 0, 1, i])): epoch 0's window for "
                              "position i",
                  noise="image_latent[i] = VAE mean of (first frame + sfv.noise_aug_strength * "
                        "jax.random.normal(noise_key[i], (1, H, W, 3)))",
+                 first_frame="frame 0 of the clip's window, uint8, before any noise",
                  data=d.to_dict(), vae=config.vae.to_dict(), image_encoder=config.image_encoder.to_dict(),
                  sfv={k: config.sfv[k] for k in ("fps", "motion_bucket_id", "noise_aug_strength")},
                  init_checkpoint=config.init_checkpoint, seed=config.seed, model_dtype=config.model.dtype)
@@ -146,8 +148,8 @@ def encode_cache(config, out: str, num_clips: int | None = None, batch_size: int
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a cache is data others train from
-        arrays = {k: np.lib.format.open_memmap(os.path.join(tmp, f"{k}.npy"), mode="w+", dtype=dtype,
-                                               shape=tuple(index["keys"][k]["shape"])) for k in BATCH_KEYS}
+        arrays = {k: np.lib.format.open_memmap(os.path.join(tmp, f"{k}.npy"), mode="w+", dtype=entry["dtype"],
+                                               shape=tuple(entry["shape"])) for k, entry in index["keys"].items()}
         np.save(os.path.join(tmp, f"{NOISE_KEY}.npy"), keys)
         with tqdm(total=num_clips, unit="clip", desc="encoding", dynamic_ncols=True) as bar:
             for start, frames in clip_batches(source, order, num_clips, batch_size, num_workers):
@@ -156,6 +158,7 @@ def encode_cache(config, out: str, num_clips: int | None = None, batch_size: int
                 out_rows = jax.device_get(encode(encoders, frames, batch_keys))
                 for k in BATCH_KEYS:
                     arrays[k][start:start + n] = out_rows[k][:n]
+                arrays[FIRST_FRAME][start:start + n] = frames[:n, 0]
                 bar.update(n)
         for array in arrays.values():
             array.flush()

@@ -9,11 +9,16 @@ order (row i is clip i of the source), plus cache.json:
   clip           (N, 1, D)        CLIP image embedding of the clean first frame
   added_time_ids (N, 3)           (fps - 1, motion_bucket_id, noise_aug_strength)
   noise_key      (N, 2) uint32    the PRNG key of clip i's conditioning-frame noise (provenance, never streamed)
+  first_frame    (N, H, W, 3) uint8  the clean first frame, streamed on request (with_first_frame): objectives
+                                  that draw their conditioning noise every step (denoise) re-encode it
+                                  (sfv_jax.train.encode.make_recondition_fn); caches written before it lack it
 
 What on-the-fly encoding draws afresh each time a clip is seen is fixed per clip when the cache is written:
-the temporal window (the one epoch 0 would give the clip at position i) and the conditioning frame's noise
-(key noise_key[i]). Every epoch thus sees the same conditioning noise for a clip; at SVD's noise_aug_strength
-of 0.02 that is a small loss of augmentation, traded for a step that runs no encoder.
+the temporal window (the one epoch 0 would give the clip at position i) and, in image_latent, the conditioning
+frame's noise (key noise_key[i]). The SF-V objective reads image_latent, so every epoch sees the same
+conditioning noise for a clip; at SVD's noise_aug_strength of 0.02 that is a small loss of augmentation, traded
+for a step that runs no encoder. The denoise objective draws a noise strength per clip and step (it must learn
+every strength a user may sample with), so it re-encodes first_frame instead: one frame of the VAE, not T.
 
 LatentCacheIterator streams rows exactly as ClipIterator streams clips (same RowOrder: per-epoch permutations
 of (seed, epoch), per-process rows, get_state/set_state), reading them from memory-mapped files.
@@ -37,6 +42,7 @@ FORMAT = "sfv-jax-latent-cache/1"
 INDEX_NAME = "cache.json"
 BATCH_KEYS = ("latents", "image_latent", "clip", "added_time_ids")
 NOISE_KEY = "noise_key"
+FIRST_FRAME = "first_frame"
 _FIX = "re-encode it with python tools/encode_latents.py --config ... --out DIR"
 
 
@@ -56,7 +62,7 @@ def read_cache_index(path: str) -> dict:
         if index.get("format") != FORMAT:
             raise ValueError(f"format {index.get('format')!r} is not {FORMAT!r}")
         num = int(index["num_clips"])
-        for key in BATCH_KEYS:
+        for key in (*BATCH_KEYS, *([FIRST_FRAME] if FIRST_FRAME in index["keys"] else [])):
             shape, dtype = tuple(index["keys"][key]["shape"]), np.dtype(index["keys"][key]["dtype"])
             if shape[:1] != (num,):
                 raise ValueError(f"{key} has {shape[:1]} rows, num_clips is {num}")
@@ -98,6 +104,9 @@ def check_cache_matches(path: str, config) -> dict:
     if clip != (1, int(config.unet.cross_attention_dim)):
         problems.append(f"clip embeddings are {clip}, unet.cross_attention_dim needs (1, "
                         f"{config.unet.cross_attention_dim})")
+    if FIRST_FRAME in keys and keys[FIRST_FRAME][1:] != (int(data.height), int(data.width), 3):
+        problems.append(f"first frames are {keys[FIRST_FRAME][1:]}, config.data needs "
+                        f"{(int(data.height), int(data.width), 3)}")
     if keys["added_time_ids"][1:] != (3,):
         problems.append(f"added_time_ids are {keys['added_time_ids'][1:]}, not (3,)")
     cached_scale = index.get("data", {}).get("latent_scale")
@@ -117,13 +126,18 @@ def check_cache_matches(path: str, config) -> dict:
 class LatentCacheIterator(RowStream):
     """next(it) -> this process's rows of the next global batch, as float32 numpy arrays:
     {"latents" (b, T, h, w, 4), "image_latent" (b, h, w, 4), "clip" (b, 1, D), "added_time_ids" (b, 3)},
-    b = global_batch_size // process_count. Same stream semantics as ClipIterator (see iterator.py).
+    and with_first_frame also "first_frame" (b, H, W, 3) uint8; b = global_batch_size // process_count. Same
+    stream semantics as ClipIterator (see iterator.py).
     """
 
     def __init__(self, path: str, global_batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, with_first_frame: bool = False):
         self.path = path
         self.index = read_cache_index(path)
+        if with_first_frame and FIRST_FRAME not in self.index["keys"]:
+            raise DataError(f"latent cache {path} holds no first frames (written before they were cached), and "
+                            f"this objective re-encodes them every step; {_FIX}")
+        self.keys = (*BATCH_KEYS, FIRST_FRAME) if with_first_frame else BATCH_KEYS
         super().__init__(int(self.index["num_clips"]), global_batch_size, seed, process_index, process_count)
         self._arrays: dict[str, np.ndarray] | None = None
 
@@ -131,18 +145,23 @@ class LatentCacheIterator(RowStream):
 
     def _maps(self) -> dict[str, np.ndarray]:
         if self._arrays is None:  # (re)opened lazily, so next() after close() still works
-            self._arrays = {k: np.load(os.path.join(self.path, f"{k}.npy"), mmap_mode="r") for k in BATCH_KEYS}
+            self._arrays = {k: np.load(os.path.join(self.path, f"{k}.npy"), mmap_mode="r") for k in self.keys}
         return self._arrays
 
+    @staticmethod
+    def dtype(key: str) -> np.dtype:
+        """What next() gives for `key`: uint8 frames, float32 everything else."""
+        return np.dtype(np.uint8 if key == FIRST_FRAME else np.float32)
+
     def global_batch_shapes(self) -> dict[str, tuple[int, ...]]:
-        """{key: (global_batch_size, ...)}: the global batch's shapes (all float32), for the step's abstract batch."""
-        return {k: (self.global_batch_size, *self.index["keys"][k]["shape"][1:]) for k in BATCH_KEYS}
+        """{key: (global_batch_size, ...)}: the global batch's shapes (dtypes: `dtype`), for the abstract batch."""
+        return {k: (self.global_batch_size, *self.index["keys"][k]["shape"][1:]) for k in self.keys}
 
     def __next__(self) -> dict[str, np.ndarray]:
         indices = np.asarray([index for _, index in self.order.local_rows(self.order.row)])
         # Read in ascending file order (page cache friendly), then put the rows back in stream order.
         ascending, where = np.unique(indices, return_inverse=True)
-        batch = {k: np.asarray(a[ascending], np.float32)[where] for k, a in self._maps().items()}
+        batch = {k: np.asarray(a[ascending], self.dtype(k))[where] for k, a in self._maps().items()}
         self.order.row += self.global_batch_size
         return batch
 
@@ -153,11 +172,11 @@ class LatentCacheIterator(RowStream):
 
 
 def make_latent_cache_iterator(config, global_batch_size: int, seed: int, process_index: int = 0,
-                               process_count: int = 1) -> LatentCacheIterator:
+                               process_count: int = 1, with_first_frame: bool = False) -> LatentCacheIterator:
     """The cache iterator for config.data.latent_cache, after check_cache_matches (DataError on a misfit)."""
     path = os.path.expanduser(str(config.data.get("latent_cache") or ""))
     if not path:
         raise DataError("data.latents='cache' needs data.latent_cache; set --config.data.latent_cache=DIR (written "
                         "by python tools/encode_latents.py)")
     check_cache_matches(path, config)
-    return LatentCacheIterator(path, global_batch_size, seed, process_index, process_count)
+    return LatentCacheIterator(path, global_batch_size, seed, process_index, process_count, with_first_frame)

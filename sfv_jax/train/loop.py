@@ -5,8 +5,9 @@ and the data iterator's position are checkpointed together, and encoding noise i
 step number, so a run resumed from checkpoint N makes exactly the steps an uninterrupted one makes.
 
 Batches come from video clips encoded on the fly by the frozen VAE and CLIP (data.latents="encode"),
-or from a pre-encoded table (data.latents="cache", written by tools/encode_latents.py); the frozen
-encoders stay in the state either way, for the periodic samples and for export.
+or from a pre-encoded table (data.latents="cache", written by tools/encode_latents.py; the denoise objective
+re-encodes only each clip's first frame from it, with the step's noise); the frozen encoders stay in the state
+either way, for the periodic samples and for export.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
 from sfv_jax.train.checkpoints import TrainCheckpoints
 from sfv_jax.train.metrics_log import MetricsLog
-from sfv_jax.train.objectives import make_objective, objective_name
+from sfv_jax.train.objectives import make_objective, objective_class, objective_name
 from sfv_jax.train.samples import to_host
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ def _check_config(config) -> None:
     if config.data.latents not in ("encode", "cache"):
         raise SfvError(f"data.latents={config.data.latents!r}: use 'encode' (VAE + CLIP on the fly) or 'cache' "
                        f"(data.latent_cache written by tools/encode_latents.py)")
-    if config.data.latents == "cache" and objective_name(config) != "sfv":
-        raise SfvError(f"data.latents='cache' serves objective 'sfv' only; objective {objective_name(config)!r} "
-                       f"encodes clips on the fly: set data.latents='encode'")
+    if config.data.latents == "cache" and objective_class(config).latent_cache is None:
+        raise SfvError(f"data.latents='cache' serves objectives 'sfv' and 'denoise'; objective "
+                       f"{objective_name(config)!r} trains on frames: set data.latents='encode'")
 
 
 def _eval_every(config) -> int:
@@ -136,7 +137,9 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
     # Either raises DataError on a bad source, before anything is written.
     from_cache = config.data.latents == "cache"
     if from_cache:
-        data = make_latent_cache_iterator(config, config.global_batch_size, config.seed, process, num_processes)
+        recondition = objective_class(config).latent_cache == "recondition"
+        data = make_latent_cache_iterator(config, config.global_batch_size, config.seed, process, num_processes,
+                                          with_first_frame=recondition)
     else:
         data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
                                   process_count=num_processes)
@@ -160,14 +163,22 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         local_batch = config.global_batch_size // num_processes
         frame_shape = (config.global_batch_size, config.data.num_frames, config.data.height, config.data.width, 3)
         if from_cache:
-            abstract_batch = {k: jax.ShapeDtypeStruct(shape, np.float32)
-                              for k, shape in data.global_batch_shapes().items()}
+            abstract_rows = {k: jax.ShapeDtypeStruct(shape, data.dtype(k))
+                             for k, shape in data.global_batch_shapes().items()}
+            abstract_batch = abstract_rows
+            if recondition:
+                abstract_batch = jax.eval_shape(objective.recondition, objective.frozen_encoders(abstract),
+                                                abstract_rows, jax.random.PRNGKey(0))
         else:
             abstract_batch = jax.eval_shape(objective.encode, objective.frozen_encoders(abstract),
                                             jax.ShapeDtypeStruct(frame_shape, np.uint8), jax.random.PRNGKey(0))
         step_fn, _, batch_shardings = jit_train_step(objective.step, abstract, abstract_batch, mesh, config.sharding)
         encode_fn = jax.jit(objective.encode, in_shardings=(encoder_shardings, frames_sharding, None),
                             out_shardings=batch_shardings)
+        if from_cache and recondition:
+            rows_sharding = {k: frames_sharding for k in abstract_rows}
+            recondition_fn = jax.jit(objective.recondition, in_shardings=(encoder_shardings, rows_sharding, None),
+                                     out_shardings=batch_shardings)
         if not resuming:
             # Read (and checked) before the workdir exists: a bad init_checkpoint leaves nothing behind.
             weights, pipeline, origin = objective.initial_weights(shardings)
@@ -227,7 +238,12 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
             try:
                 while step < config.total_steps:
                     rows = next(data)
-                    if from_cache:
+                    if from_cache and recondition:
+                        cached = {k: jax.make_array_from_process_local_data(rows_sharding[k], rows[k],
+                                                                            abstract_rows[k].shape) for k in rows}
+                        batch = recondition_fn(objective.frozen_encoders(state), cached,
+                                               jax.random.fold_in(encode_key, step))
+                    elif from_cache:
                         batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], rows[k],
                                                                            abstract_batch[k].shape) for k in rows}
                     else:

@@ -10,6 +10,9 @@ Interface (every objective):
   init_state(weights)           the step-0 state (jit with out_shardings)
   frozen_encoders(state)        what encode() reads from the state
   encode(encoders, frames uint8 (B, T, H, W, 3), key) -> batch
+  latent_cache                  how it reads a latent cache (data.latents="cache"): None (it cannot: it trains
+                                on frames), "as_is" (the cached rows are the batch) or "recondition" (the rows
+                                and first frames, through recondition(encoders, rows, key) -> batch)
   step(state, batch) -> (state, metrics)       pure; jitted by the loop
   eval_loss(state, batch) -> ()                 held-out loss, deterministic
   sample(state, first_frames uint8 (B, H, W, 3), key) -> uint8 (B, T, H, W, 3), or sample = None
@@ -29,7 +32,7 @@ from sfv_jax.models.random_init import random_tree
 from sfv_jax.models.scratch_init import scratch_params
 from sfv_jax.models.vae import AutoencoderKLTemporalDecoder, VAEConfig
 from sfv_jax.train.denoise_step import DenoiseTrainStep
-from sfv_jax.train.encode import frames_to_unit_range, make_encode_fn
+from sfv_jax.train.encode import frames_to_unit_range, make_encode_fn, make_recondition_fn
 from sfv_jax.train.init import Component, initial_components
 from sfv_jax.train.model_state import ModelTrainState, init_model_state
 from sfv_jax.train.samples import make_euler_sample_fn, make_sample_fn
@@ -70,6 +73,7 @@ class SFVObjective:
 
     name = "sfv"
     progress_keys = ("g_loss", "d_loss")
+    latent_cache = "as_is"  # one fixed noise strength (sfv.noise_aug_strength): the cached image_latent is right
 
     def __init__(self, config, batch_axes: tuple[str, ...] | None = None):
         self.config = config
@@ -126,12 +130,14 @@ class DenoiseObjective:
 
     name = "denoise"
     progress_keys = ("loss",)
+    latent_cache = "recondition"  # the noise strength is drawn per clip and step: the first frame is re-encoded
 
     def __init__(self, config, batch_axes: tuple[str, ...] | None = None):
         self.config = config
         self.models = SFVModels(config, activation_batch_axes=batch_axes or (), with_discriminator=False)
         self.step = DenoiseTrainStep(config, self.models, batch_axes)
         self.encode = make_encode_fn(config, self.models, drawn_noise_aug=True)
+        self.recondition = make_recondition_fn(config, self.models, drawn_noise_aug=True)
         self.sample = self._sample if config.sample_every > 0 else None
         self._sample_fn = make_euler_sample_fn(config, self.models, config.denoise.sample_steps)
 
@@ -193,6 +199,7 @@ class VAEObjective:
 
     name = "vae"
     progress_keys = ("recon", "kl")
+    latent_cache = None  # it learns the encoding: it trains on frames
     sample = None  # a VAE has nothing to sample from a first frame
 
     def __init__(self, config, batch_axes: tuple[str, ...] | None = None):
@@ -232,13 +239,21 @@ class VAEObjective:
 
 def make_objective(config, batch_axes: tuple[str, ...] | None = None):
     """The objective config.objective names; a ConfigError (one line) for an unknown one or missing sections."""
-    name = objective_name(config)
+    name, cls = objective_name(config), objective_class(config)
     needs = {"sfv": ("sfv", "disc", "vae", "image_encoder"), "denoise": ("sfv", "denoise", "vae", "image_encoder"),
              "vae": ("vae", "vae_loss")}
-    if name not in needs:
-        raise ConfigError(f"objective={name!r} is unknown; use one of {', '.join(OBJECTIVES)}")
     missing = [section for section in needs[name] if section not in config]
     if missing:
         raise ConfigError(f"objective={name!r} needs the config sections {', '.join(missing)}; start from "
                           f"configs/toy.py or configs/sfv_svd.py")
-    return {"sfv": SFVObjective, "denoise": DenoiseObjective, "vae": VAEObjective}[name](config, batch_axes)
+    return cls(config, batch_axes)
+
+
+def objective_class(config):
+    """The class of the objective config.objective names (its class attributes, without building it); a
+    ConfigError (one line) for an unknown name."""
+    name = objective_name(config)
+    classes = {"sfv": SFVObjective, "denoise": DenoiseObjective, "vae": VAEObjective}
+    if name not in classes:
+        raise ConfigError(f"objective={name!r} is unknown; use one of {', '.join(OBJECTIVES)}")
+    return classes[name]
