@@ -22,7 +22,7 @@ def frames_to_unit_range(frames: jax.Array) -> jax.Array:
     return frames.astype(jnp.float32) / 127.5 - 1.0
 
 
-def make_condition_fn(config, models: SFVModels, drawn_noise_aug: bool = False
+def make_condition_fn(config, drawn_noise_aug: bool = False
                       ) -> Callable[[object, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """condition(vae, first, key) -> (image_latent (B, h, w, 4), added_time_ids (B, 3)): the noise-augmented
     conditioning latent of first frames `first` (B, H, W, 3) in [-1, 1], and the micro-conditioning that states its
@@ -66,7 +66,7 @@ def make_encode_fn(config, models: SFVModels, drawn_noise_aug: bool = False
     if models.encoders is None:
         raise ValueError("on-the-fly encoding needs `vae` and `image_encoder` sections in the config")
     scale = config.data.latent_scale
-    condition = make_condition_fn(config, models, drawn_noise_aug)
+    condition = make_condition_fn(config, drawn_noise_aug)
 
     def encode(encoders, frames, key):
         vae = models.vae(encoders["vae"])
@@ -94,7 +94,7 @@ def make_recondition_fn(config, models: SFVModels, drawn_noise_aug: bool = False
     """
     if models.encoders is None:
         raise ValueError("re-encoding the conditioning frame needs `vae` and `image_encoder` sections in the config")
-    condition = make_condition_fn(config, models, drawn_noise_aug)
+    condition = make_condition_fn(config, drawn_noise_aug)
 
     def recondition(encoders, cached, key):
         image_latent, time_ids = condition(models.vae(encoders["vae"]), frames_to_unit_range(cached["first_frame"]),
