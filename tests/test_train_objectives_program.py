@@ -255,10 +255,10 @@ def test_teacher_from_a_latent_cache_makes_the_steps_of_on_the_fly_encoding(teac
     from sfv_jax.config import load_config
     from sfv_jax.data import LatentCacheIterator
 
-    # The cache's latents come from encoder calls on batches of 4 clips, the on-the-fly run's from batches of 4
-    # too but split over 2 devices: XLA sums the convolutions in another order (~2e-6 relative on the latents,
-    # tests/test_latent_cache.py), which the UNet's loss passes on at about that size.
-    LOSS_RTOL = 1e-4
+    # Measured bit-identical here (the cache's encoder ran on batches of 64 clips, the run's on 2 per device). Other
+    # CPUs may sum a batch's convolutions in another order (~2e-6 relative on latents, tests/test_latent_cache.py),
+    # hence a bound and not equality; the fixed-strength mistake moves the losses by 3e-5 at step 1, 7e-4 at 3.
+    LOSS_RTOL = 1e-6
     reference, _ = teacher_run
     options = [f"--config.{o}" for o in (*MICRO_TOY, f"init_checkpoint={vae_run}")]
     latents = str(tmp_path / "latents")
