@@ -136,8 +136,9 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         raise SfvError(f"{workdir} exists and is not a training workdir; choose an empty or new --workdir")
     # Either raises DataError on a bad source, before anything is written.
     from_cache = config.data.latents == "cache"
+    # The denoise objective re-encodes each cached clip's first frame with the step's noise (objectives.py).
+    recondition = from_cache and objective_class(config).latent_cache == "recondition"
     if from_cache:
-        recondition = objective_class(config).latent_cache == "recondition"
         data = make_latent_cache_iterator(config, config.global_batch_size, config.seed, process, num_processes,
                                           with_first_frame=recondition)
     else:
@@ -175,8 +176,9 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         step_fn, _, batch_shardings = jit_train_step(objective.step, abstract, abstract_batch, mesh, config.sharding)
         encode_fn = jax.jit(objective.encode, in_shardings=(encoder_shardings, frames_sharding, None),
                             out_shardings=batch_shardings)
-        if from_cache and recondition:
-            rows_sharding = {k: frames_sharding for k in abstract_rows}
+        if from_cache:  # the cached rows as sharded arrays: the step's batch, or what recondition makes it from
+            rows_sharding = {k: frames_sharding for k in abstract_rows} if recondition else batch_shardings
+        if recondition:
             recondition_fn = jax.jit(objective.recondition, in_shardings=(encoder_shardings, rows_sharding, None),
                                      out_shardings=batch_shardings)
         if not resuming:
@@ -238,14 +240,12 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
             try:
                 while step < config.total_steps:
                     rows = next(data)
-                    if from_cache and recondition:
-                        cached = {k: jax.make_array_from_process_local_data(rows_sharding[k], rows[k],
-                                                                            abstract_rows[k].shape) for k in rows}
-                        batch = recondition_fn(objective.frozen_encoders(state), cached,
-                                               jax.random.fold_in(encode_key, step))
-                    elif from_cache:
-                        batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], rows[k],
-                                                                           abstract_batch[k].shape) for k in rows}
+                    if from_cache:
+                        batch = {k: jax.make_array_from_process_local_data(rows_sharding[k], rows[k],
+                                                                           abstract_rows[k].shape) for k in rows}
+                        if recondition:
+                            batch = recondition_fn(objective.frozen_encoders(state), batch,
+                                                   jax.random.fold_in(encode_key, step))
                     else:
                         local = rows["frames"]
                         if local.shape[0] != local_batch:
