@@ -20,8 +20,8 @@ def add_sample_parser(subparsers) -> None:
                    help="euler: SVD's Euler sampler, with CFG when --steps > 1; sfv: SF-V's few-step refinement over "
                         "the top noise levels (1 to 3 steps, re-noising between them, no guidance)")
     p.add_argument("--num-frames", type=int, default=None, help="frames (default: the UNet's num_frames)")
-    p.add_argument("--height", type=int, default=576, help="multiple of 8")
-    p.add_argument("--width", type=int, default=1024, help="multiple of 8")
+    p.add_argument("--height", type=int, default=576, help="a multiple of the VAE's downsampling (8 for SVD)")
+    p.add_argument("--width", type=int, default=1024, help="a multiple of the VAE's downsampling (8 for SVD)")
     p.add_argument("--fps", type=int, default=7, help="conditioning fps (the UNet sees fps - 1) and the video's frame rate")
     p.add_argument("--motion-bucket-id", type=int, default=127)
     p.add_argument("--noise-aug-strength", type=float, default=0.02)

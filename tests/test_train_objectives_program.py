@@ -246,12 +246,15 @@ def test_bad_objective_inputs_fail_in_one_line_and_write_nothing(vae_run, tmp_pa
     assert not (tmp_path / "out.gif").exists()
 
 
-def test_teacher_from_a_latent_cache_makes_the_steps_of_on_the_fly_encoding(teacher_run, vae_run, cache, tmp_path):
+def test_teacher_from_a_latent_cache_makes_the_steps_of_on_the_fly_encoding(teacher_run, vae_run, cache, tmp_path,
+                                                                            capsys):
     """A teacher run reading a latent cache (data.latents=cache: the clips' latents and CLIP embeddings
     pre-encoded by tools/encode_latents.py, the first frame re-encoded every step with the step's drawn noise
     strength) logs the losses the on-the-fly run logs, step for step, within LOSS_RTOL. Catches a cached denoise run
     that reads the cache's fixed-strength image_latent (the strength stops being drawn), draws its conditioning
-    noise from another key, streams the rows in another order, or loses the first frame's scaling."""
+    noise from another key, streams the rows in another order, or loses the first frame's scaling; and a cache run
+    that skips the held-out evaluation or evaluates other clips than the on-the-fly run's (a source that cannot
+    give the held-out clips: exit 2, one line, no workdir)."""
     from sfv_jax.config import load_config
     from sfv_jax.data import LatentCacheIterator
 
@@ -269,13 +272,29 @@ def test_teacher_from_a_latent_cache_makes_the_steps_of_on_the_fly_encoding(teac
     assert rows.global_batch_shapes()["first_frame"] == (4, config.data.height, config.data.width, 3)
     assert next(rows)["first_frame"].dtype == np.uint8
 
+    # A cache run whose source cannot give the held-out clips (a folder source without eval.path) names both fixes.
+    unreadable = tmp_path / "no_heldout"
+    code, err = _one_line_error(capsys, ["train", "--config", "configs/toy.py:teacher", "--workdir", str(unreadable),
+                                         *options, "--config.data.latents=cache",
+                                         f"--config.data.latent_cache={latents}",
+                                         "--config.data.source=folder", f"--config.data.path={tmp_path}"])
+    assert code == 2 and len(err) == 1 and "eval.path" in err[0] and "eval.every=0" in err[0], err
+    assert not unreadable.exists()
+
     workdir = str(tmp_path / "wd")
     cmd = toy_cmd("teacher", workdir, cache, f"init_checkpoint={vae_run}", "data.latents=cache",
                   f"data.latent_cache={latents}", "total_steps=3")
     run(cmd, devices=2)
-    got = {m["step"]: m["loss"] for m in read_metrics(os.path.join(workdir, "metrics.jsonl"))}
-    want = {m["step"]: m["loss"] for m in read_metrics(os.path.join(reference, "metrics.jsonl")) if m["step"] <= 3}
+    logged = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    got = {m["step"]: m["loss"] for m in logged}
+    on_the_fly = [m for m in read_metrics(os.path.join(reference, "metrics.jsonl")) if m["step"] <= 3]
+    want = {m["step"]: m["loss"] for m in on_the_fly}
     print(f"losses from the cache {got}, on the fly {want}")
     assert got.keys() == want.keys() == {1, 2, 3}
     for step in got:
         assert got[step] == pytest.approx(want[step], rel=LOSS_RTOL), (step, got[step], want[step])
+    # The held-out clips come from config.data's source, not the cache: the same eval_loss at step 3 (eval.every=3).
+    got_eval = {m["step"]: m["eval_loss"] for m in logged if "eval_loss" in m}
+    want_eval = {m["step"]: m["eval_loss"] for m in on_the_fly if "eval_loss" in m}
+    assert got_eval.keys() == want_eval.keys() == {3}, (got_eval, want_eval)
+    assert got_eval[3] == pytest.approx(want_eval[3], rel=LOSS_RTOL)

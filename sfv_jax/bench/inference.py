@@ -31,8 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default="configs/tiny.py", help="model widths: configs/tiny.py, configs/svd_xt.py, ...")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. unet.block_out_channels=(32,) (repeatable)")
-    p.add_argument("--height", type=int, default=64, help="image height (multiple of 8; latent = height / 8)")
-    p.add_argument("--width", type=int, default=64, help="image width (multiple of 8)")
+    p.add_argument("--height", type=int, default=64,
+                   help="image height (a multiple of the VAE's downsampling f; latent = height / f)")
+    p.add_argument("--width", type=int, default=64, help="image width (a multiple of f)")
     p.add_argument("--num-frames", type=int, default=4)
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="params and compute dtype")
     p.add_argument("--steps", default="1,25", help="comma-separated step counts; > 1 uses CFG (max guidance 3)")

@@ -30,8 +30,10 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=None, help="global batch (default: config.global_batch_size)")
     p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default: the config's)")
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: config.data.num_frames)")
-    p.add_argument("--height", type=int, default=None, help="image height, multiple of 8 (default: config.data)")
-    p.add_argument("--width", type=int, default=None, help="image width, multiple of 8 (default: config.data)")
+    p.add_argument("--height", type=int, default=None,
+                   help="image height, a multiple of the VAE's downsampling (default: config.data)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width, a multiple of the VAE's downsampling (default: config.data)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                    help="compute dtype (default: config.model.dtype); params stay in config.model.param_dtype")
     p.add_argument("--peak-tflops", type=float, default=None,

@@ -38,8 +38,9 @@ def add_arguments(p) -> None:
                    help="config override, e.g. unet.block_out_channels=(32,) (repeatable)")
     p.add_argument("--components", default=",".join(COMPONENTS),
                    help=f"comma-separated subset of {','.join(COMPONENTS)}")
-    p.add_argument("--height", type=int, default=64, help="image height (multiple of 8; latent = height / 8)")
-    p.add_argument("--width", type=int, default=64, help="image width (multiple of 8)")
+    p.add_argument("--height", type=int, default=64,
+                   help="image height (a multiple of the VAE's downsampling f; latent = height / f)")
+    p.add_argument("--width", type=int, default=64, help="image width (a multiple of f)")
     p.add_argument("--num-frames", type=int, default=4)
     p.add_argument("--batch", type=int, default=1, help="clips per UNet forward / images per encode")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="params and compute dtype of both")

@@ -29,8 +29,10 @@ def add_generate_parser(commands) -> None:
                    help="a new folder of .mp4 clips (00000.mp4, ...), or FILE.npz holding uint8 (N, T, H, W, 3)")
     p.add_argument("--steps", type=int, default=1, help="sampler steps (1: SF-V; more: SVD's Euler sampler)")
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the UNet's)")
-    p.add_argument("--height", type=int, default=None, help="clip height (default: the real frames'; a multiple of 8)")
-    p.add_argument("--width", type=int, default=None, help="clip width (default: the real frames'; a multiple of 8)")
+    p.add_argument("--height", type=int, default=None,
+                   help="clip height (default: the real frames'; a multiple of the VAE's downsampling, 8 for SVD)")
+    p.add_argument("--width", type=int, default=None,
+                   help="clip width (default: the real frames'; a multiple of the VAE's downsampling, 8 for SVD)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="clips per pipeline call (rounded up to a multiple of --devices)")
     p.add_argument("--devices", type=int, default=None, metavar="N",

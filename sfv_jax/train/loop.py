@@ -7,7 +7,8 @@ step number, so a run resumed from checkpoint N makes exactly the steps an unint
 Batches come from video clips encoded on the fly by the frozen VAE and CLIP (data.latents="encode"),
 or from a pre-encoded table (data.latents="cache", written by tools/encode_latents.py; the denoise objective
 re-encodes only each clip's first frame from it, with the step's noise); the frozen encoders stay in the state
-either way, for the periodic samples and for export.
+either way, for the periodic samples, the held-out evaluation (its clips always come from config.data's source)
+and export.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
+from sfv_jax.data.clips import DataError
 from sfv_jax.errors import SfvError
 from sfv_jax.parallel.mesh import make_mesh
 from sfv_jax.parallel.rules import batch_axes as rule_batch_axes, batch_device_count, batch_spec
@@ -122,7 +124,6 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
     (sfv_jax.train.config_diff).
     """
     from sfv_jax.data import make_clip_iterator, make_latent_cache_iterator
-    from sfv_jax.data.heldout import heldout_clips
 
     _check_config(config)
     process, num_processes = jax.process_index(), jax.process_count()
@@ -145,9 +146,7 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         data = make_clip_iterator(config.data, config.global_batch_size, config.seed, process_index=process,
                                   process_count=num_processes)
     eval_every = _eval_every(config)
-    heldout = heldout_clips(config.data, config.eval, config.seed) if eval_every > 0 and not from_cache else None
-    if eval_every > 0 and from_cache and process == 0:
-        log.warning("no held-out evaluation from a latent cache (it holds no held-out clips)")
+    heldout = _read_heldout(config, from_cache) if eval_every > 0 else None
     mesh = make_mesh(config.mesh)
     batch_axes = rule_batch_axes(config.sharding.rules)
     batch_devices = batch_device_count(mesh, config.sharding.rules)
@@ -320,6 +319,19 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
     if data.skipped:
         print(f"data: skipped {data.skipped} unreadable file(s)")
     return step
+
+
+def _read_heldout(config, from_cache: bool) -> np.ndarray:
+    """The held-out clips, from config.data's source even when training reads a latent cache (a cache holds only
+    training rows); a source the run cannot read names both ways out."""
+    from sfv_jax.data.heldout import heldout_clips
+    try:
+        return heldout_clips(config.data, config.eval, config.seed)
+    except DataError as error:
+        if not from_cache:
+            raise
+        raise DataError(f"{error} (a run from a latent cache reads its held-out clips from config.data's source; "
+                        f"or set --config.eval.every=0 to train without evaluation)") from None
 
 
 def _encode_heldout(objective, state, heldout: np.ndarray, frames_sharding, config) -> dict:
