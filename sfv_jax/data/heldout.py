@@ -27,8 +27,8 @@ def heldout_data_config(data_config, eval_config):
         held["num_synthetic"] = int(eval_config.clips)
     elif source == "folder":
         if not eval_config.path:
-            raise DataError("eval_every > 0 with data.source='folder' needs held-out videos: set "
-                            "--config.eval.path=DIR (a folder of videos not in data.path), or eval_every=0")
+            raise DataError("eval.every > 0 with data.source='folder' needs held-out videos: set "
+                            "--config.eval.path=DIR (a folder of videos not in data.path), or --config.eval.every=0")
         held["path"] = eval_config.path
     elif source == "tfds":
         held["tfds_split"] = eval_config.tfds_split
