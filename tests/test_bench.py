@@ -98,21 +98,27 @@ def test_vs_torch_same_weights_same_answer(tmp_path):
     assert payload["machine"]["torch_threads"] == os.cpu_count()
 
 
-def test_train_step(tmp_path):
-    """The train bench's fields at micro size, with a VAE that downsamples 2x. Catches a wrong FLOP or MFU sum, a
-    state not donated, and latents sized for SVD's 8x VAE whatever the config's (32x32 clips gave 4x4 latents)."""
+@pytest.mark.parametrize("programs", ["split", "fused"])
+def test_train_step(tmp_path, programs):
+    """The train bench's fields at micro size, with a VAE that downsamples 2x, for the step as two programs and as
+    one. Catches a wrong FLOP or MFU sum (split: the two programs' FLOPs not added), a peak that is not the larger
+    program's, a state not donated, and latents sized for SVD's 8x VAE whatever the config's (32x32 clips gave 4x4
+    latents)."""
     stdout, payload = run_bench(tmp_path, "train", "--config", "configs/tiny_sfv.py", *_overrides(MICRO_TRAIN),
-                                "--batch", "2", "--grad-accum", "1", "--num-frames", "2", "--height", "32",
-                                "--width", "32", "--peak-tflops", "0.5")
+                                "--override", f"step_programs={programs}", "--batch", "2", "--grad-accum", "1",
+                                "--num-frames", "2", "--height", "32", "--width", "32", "--peak-tflops", "0.5")
     assert "| measure | value |" in stdout and "MFU" in stdout
     r = payload["result"]
     _sane(r["step_seconds"])
     assert r["flops_per_step"] > 0 and r["flops_per_step"] == r["program_flops"]  # one micro-batch: exact
+    assert r["flops_per_step"] == pytest.approx(sum(p["flops"] for p in r["programs"]))
     assert r["clips_per_s"] == pytest.approx(2 / r["step_seconds"]["median"])
     assert r["mfu"] == pytest.approx(r["flops_per_s"] / 0.5e12)
     mem = r["memory"]
+    assert mem["estimated_peak_bytes"] == max(p["memory"]["estimated_peak_bytes"] for p in r["programs"])
     assert mem["estimated_peak_bytes"] >= mem["argument_size_in_bytes"] > 0
-    assert mem["alias_size_in_bytes"] > 0  # the state is donated
+    assert [p["name"] for p in r["programs"]] == (["gradients", "apply"] if programs == "split" else ["train_step"])
+    assert r["programs"][-1]["memory"]["alias_size_in_bytes"] > 0  # the state is donated to the update
     assert payload["config"]["global_batch_size"] == 2 and payload["config"]["latent"] == [16, 16]
     assert all(math.isfinite(v) for v in r["final_metrics"].values())
 

@@ -19,7 +19,8 @@ from sfv_jax.train import workdir as wd
 MUST_GUARD = ("objective", "sfv", "denoise", "vae_loss", "optim", "disc", "seed", "data", "global_batch_size",
               "grad_accum_steps", "unet", "model", "vae", "image_encoder")
 FREE = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
-        "max_consecutive_nonfinite", "init_checkpoint", "scratch_init", "mesh", "sharding", "eval", "micro_batch_loop")
+        "max_consecutive_nonfinite", "init_checkpoint", "scratch_init", "mesh", "sharding", "eval", "micro_batch_loop",
+        "step_programs")
 
 
 def micro() -> dict:

@@ -114,7 +114,7 @@ SHARDED_VS_SINGLE = textwrap.dedent("""
     with jax.set_mesh(mesh):
         abstract = abstract_state(models)
         step, state_sh, batch_sh = jit_train_step(make_train_step(config, models, batch_axes=("data", "fsdp")),
-                                                  abstract, batches[0], mesh, config.sharding)
+                                                  abstract, batches[0], mesh, config.sharding, "split")
         new = jax.device_put(host, state_sh)
         for batch in batches:
             sharded_batch = jax.device_put(batch, batch_sh)
@@ -154,7 +154,8 @@ def test_sharded_step_equals_single_device_per_tensor_on_8_fake_devices(measured
 
     Catches: a gradient not all-reduced over a batch axis (one device's micro-batch only), an FSDP-sharded leaf
     whose update is applied to one shard, an optimiser state left replicated and out of step, a mean taken over
-    the local instead of the global batch."""
+    the local instead of the global batch, and the step's two programs (gradients, then the update: the loop's
+    default) computing anything but the one fused program the single-device run jits."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run([sys.executable, "-c", SHARDED_VS_SINGLE], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1500)
@@ -236,7 +237,7 @@ OBJECTIVE_SHARDED_VS_SINGLE = textwrap.dedent("""
     with jax.set_mesh(mesh):
         sharded_objective = make_objective(config, batch_axes=("data", "fsdp"))
         step, state_sh, batch_sh = jit_train_step(sharded_objective.step, sharded_objective.abstract_state(),
-                                                  batches[0], mesh, config.sharding)
+                                                  batches[0], mesh, config.sharding, "split")
         new = jax.device_put(host, state_sh)
         for batch in batches:
             new, sharded_metrics = step(new, jax.device_put(batch, batch_sh))
@@ -281,7 +282,8 @@ def test_denoise_and_vae_steps_sharded_equal_single_device_per_tensor(variant, m
     some leaves FSDP-sharded.
 
     Catches: a gradient not all-reduced over a batch axis, a loss averaged over the local instead of the global
-    batch, an FSDP-sharded leaf updated on one shard only, an optimiser state out of step with its params."""
+    batch, an FSDP-sharded leaf updated on one shard only, an optimiser state out of step with its params, and the
+    sharded run's two programs (gradients, then the update) computing anything but the single run's fused step."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", OBJECTIVE_SHARDED_VS_SINGLE, variant], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1500)

@@ -8,6 +8,7 @@
 #   tools/gpu_check.sh --dry-run             # tiny sizes (meant for a CPU)
 #   tools/gpu_check.sh --sections train --budget train=400 --micro-batches 4,2,1
 #   tools/gpu_check.sh --sections train --train-override model.attention=cudnn
+#   tools/gpu_check.sh --sections train --train-override step_programs=fused   # the step as one program
 #
 # PYTHON picks the interpreter (default python3: on the lent machine, the one with torch and jax).
 set -uo pipefail

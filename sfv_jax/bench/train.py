@@ -5,10 +5,10 @@ peak given with --peak-tflops, and memory (XLA's memory analysis of the compiled
 peak where the backend reports one, and the process's peak RSS).
 
 The step is jitted exactly as training jits it (sfv_jax.parallel.sharding.jit_train_step: explicit
-shardings over the config's mesh, state donated). FLOPs: XLA counts a loop body once; the step's
-micro-batch accumulation is a lax.scan, so with grad_accum_steps = M > 1 the FLOPs are M x the
-program's (which also counts the optimizer update M times, a small over-count); with M = 1 they
-are exact.
+shardings over the config's mesh, state donated, one or two programs as config.step_programs says).
+FLOPs: XLA counts a loop body once; the step's micro-batch accumulation is a lax.scan, so with
+grad_accum_steps = M > 1 the gradients program's FLOPs count M times (fused: the whole program's, which
+also counts the optimizer update M times, a small over-count); with M = 1 they are exact.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def run(args) -> dict[str, Any]:
     from sfv_jax.config import load_config
     from sfv_jax.parallel.mesh import make_mesh
     from sfv_jax.parallel.sharding import jit_train_step
+    from sfv_jax.parallel.step_programs import run_compiled, step_programs
     from sfv_jax.train.state import SFVModels, abstract_state, new_state, tree_bytes
     from sfv_jax.train.step import make_train_step
 
@@ -120,12 +121,14 @@ def run(args) -> dict[str, Any]:
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
     with jax.set_mesh(mesh):
         abstract = abstract_state(models)
+        programs = step_programs(config)
         step, state_sh, batch_sh = jit_train_step(make_train_step(config, models, batch_axes=("data", "fsdp")),
-                                                  abstract, abstract_batch, mesh, config.sharding)
-        report.log("compiling the train step")
+                                                  abstract, abstract_batch, mesh, config.sharding, programs)
+        report.log(f"compiling the train step ({programs}: sfv_jax.parallel.step_programs)")
         start = time.perf_counter()
-        compiled = step.lower(abstract, abstract_batch).compile()
+        compiled_programs = step.compile(abstract, abstract_batch)
         compile_s = time.perf_counter() - start
+        compiled = run_compiled(compiled_programs)
         state = jax.device_put(new_state(config, models), state_sh)
         batch = jax.device_put(host_batch, batch_sh)
         holder = [state]
@@ -137,8 +140,13 @@ def run(args) -> dict[str, Any]:
 
         report.log(f"{args.warmup} warm-up step(s), then {args.repeats} timed")
         seconds, metrics = report.time_calls(one_step, args.repeats, args.warmup)
-    program_flops = flops_of(compiled)
-    flops = program_flops * m if program_flops is not None else None
+    flops_each = [flops_of(p.compiled) for p in compiled_programs]
+    program_flops = None if None in flops_each else sum(flops_each)
+    # The micro-batch scan's body is counted once: the gradients (or, fused, the whole step) run it m times.
+    flops = None if program_flops is None else flops_each[0] * m + sum(flops_each[1:])
+    memories = [_memory(p.compiled) for p in compiled_programs]
+    # The programs run one after the other: the step's peak is the larger one's.
+    memory = None if None in memories else max(memories, key=lambda mem: mem["estimated_peak_bytes"])
     stats = report.summarize(seconds)
     flops_per_s = flops / stats["median"] if flops else None
     result = {
@@ -146,7 +154,9 @@ def run(args) -> dict[str, Any]:
         "clips_per_s": b / stats["median"], "flops_per_step": flops, "program_flops": program_flops,
         "flops_per_s": flops_per_s,
         "mfu": flops_per_s / (args.peak_tflops * 1e12) if flops_per_s and args.peak_tflops else None,
-        "memory": _memory(compiled), "device_peak_bytes": device_peak_bytes(),
+        "memory": memory, "device_peak_bytes": device_peak_bytes(), "step_programs": programs,
+        "programs": [dict(name=p.name, compile_s=p.compile_s, flops=f, memory=mem)
+                     for p, f, mem in zip(compiled_programs, flops_each, memories)],
         "state_bytes": tree_bytes(abstract), "g_params": int(sum(x.size for x in jax.tree.leaves(abstract.g_params))),
         "final_metrics": {k: float(v) for k, v in metrics.items()},
     }
@@ -176,13 +186,15 @@ def format_report(payload: dict[str, Any]) -> str:
              "step: " + report.repeats_note(a["repeats"], a["warmup"]) + "; FLOPs from XLA's cost analysis"
              + (" (x micro-batches: the scan body is counted once)" if c["grad_accum_steps"] > 1 else ""), ""]
     rows = [["step s", report.fmt_seconds(r["step_seconds"])],
-            ["compile s", f"{r['compile_s']:.1f}"],
+            ["compile s", f"{r['compile_s']:.1f}" + (" (" + ", ".join(f"{p['name']} {p['compile_s']:.1f}"
+                                                                  for p in r["programs"]) + ")"
+                                                       if len(r.get("programs", ())) > 1 else "")],
             ["clips/s", f"{r['clips_per_s']:.3g}"],
             ["FLOPs per step", report.fmt_number(r["flops_per_step"])],
             ["achieved FLOP/s", report.fmt_number(r["flops_per_s"])],
             ["MFU", f"{r['mfu']:.1%} of {a['peak_tflops']} TFLOP/s" if r["mfu"] is not None else
              "- (pass --peak-tflops)"],
-            ["peak memory, XLA estimate GiB (args + outputs - donated + temps)", gib(mem.get("estimated_peak_bytes"))],
+            ["peak memory, XLA estimate GiB (args + outputs - donated + temps; the larger program)", gib(mem.get("estimated_peak_bytes"))],
             ["  temporaries GiB", gib(mem.get("temp_size_in_bytes"))],
             ["device peak GiB (backend's memory_stats)", gib(r["device_peak_bytes"])],
             ["process peak RSS GiB", gib(payload["peak_rss_bytes"])]]

@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sfv_jax.parallel.rules import batch_spec, logical_axes, spec_for
+from sfv_jax.parallel.step_programs import STEP_PROGRAMS, FusedStep, SplitStep
 
 
 def _last_key(path) -> str | None:
@@ -51,14 +52,16 @@ def per_device_bytes(abstract_tree, specs, sizes: dict[str, int]) -> int:
 
 
 def jit_train_step(train_step: Callable, abstract_state, abstract_batch, mesh: jax.sharding.Mesh,
-                   sharding_config):
-    """jax.jit(train_step) with explicit in/out shardings; the state (argument 0) is donated.
+                   sharding_config, programs: str = "split"):
+    """train_step jitted with explicit state and batch shardings as `programs` says ("split": the gradients and
+    the update as two programs; "fused": one; sfv_jax.parallel.step_programs); the state is donated.
 
-    Returns (jitted step, state shardings, batch shardings). Metrics come back replicated.
+    Returns (step, state shardings, batch shardings): step(state, batch) -> (state, metrics), and
+    step.compile(abstract state, abstract batch) compiles ahead of time. Metrics come back replicated.
     """
+    if programs not in STEP_PROGRAMS:
+        raise ValueError(f"step_programs={programs!r}: use one of {STEP_PROGRAMS}")
     state_sh = state_shardings(abstract_state, mesh, sharding_config)
     batch_sh = batch_shardings(abstract_batch, mesh, sharding_config)
-    replicated = NamedSharding(mesh, P())
-    step = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                   donate_argnums=(0,))
-    return step, state_sh, batch_sh
+    make = SplitStep if programs == "split" else FusedStep
+    return make(train_step, state_sh, batch_sh, NamedSharding(mesh, P())), state_sh, batch_sh

@@ -2,7 +2,10 @@
 
 train: the abstract train state (the objective's jax.eval_shape) and batch (jax.eval_shape of the objective's
 encode of uint8 clips), sharded by the config's mesh and rules exactly as sfv_jax.train.loop shards them, and the
-step the loop jits (sfv_jax.parallel.sharding.jit_train_step of objective.step, state donated) lowered and compiled.
+step the loop jits (sfv_jax.parallel.sharding.jit_train_step of objective.step, state donated) lowered and compiled:
+the gradients and the update as two programs (config.step_programs "split", run one after the other, so the
+step's peak is the larger program's; the batch, held by the loop while the update runs, is counted in the first
+only) or one ("fused").
 sample: SF-V's one-step generation as SFVPipeline runs it (sfv_jax.pipeline.lower_one_step), one clip per device.
 
 Convolutions are traced for the topology's platform (sfv_jax.models.conv_paths.target_platform), not the host's: a
@@ -101,18 +104,20 @@ def _compile(name: str, lowered) -> ProgramFigures:
 
 
 def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh):
-    """([train_step figures], per-device state bytes by group, seconds to trace and lower) of config's real train
-    step on `mesh`."""
+    """([figures of each program of the step], per-device state bytes by group, seconds to trace and lower) of
+    config's real train step on `mesh`: "train_step.gradients" and "train_step.apply" (config.step_programs "split",
+    the default), or "train_step" ("fused")."""
     from sfv_jax.models.conv_paths import target_platform
     from sfv_jax.parallel.sharding import jit_train_step
+    from sfv_jax.parallel.step_programs import step_programs
     with jax.set_mesh(mesh), target_platform(topology.platform):
         objective, state, batch = abstract_train(config, mesh)
-        step, shardings, _ = jit_train_step(objective.step, state, batch, mesh, config.sharding)
-        start = time.perf_counter()
-        lowered = step.lower(state, batch)
-        lower_s = time.perf_counter() - start
-        program = _compile("train_step", lowered)
-    return [program], state_bytes(state, shardings), lower_s
+        step, shardings, _ = jit_train_step(objective.step, state, batch, mesh, config.sharding,
+                                            step_programs(config))
+        compiled = step.compile(state, batch)
+    programs = [figures(f"train_step.{p.name}" if len(compiled) > 1 else p.name, p.compiled, p.compile_s)
+                for p in compiled]
+    return programs, state_bytes(state, shardings), sum(p.lower_s for p in compiled)
 
 
 def plan_sample(config, topology: Topology, height: int, width: int, num_frames: int):

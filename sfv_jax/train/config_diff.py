@@ -6,8 +6,9 @@ silently as a different run, so such a change stops the run with one line naming
 unless the user passes `sfv-jax train --reconfigure`; then the changes are printed, appended to
 WORKDIR/reconfigure.log with a timestamp, and config.json becomes the new config. Run settings
 (total_steps, log_every, checkpoint_every, keep_checkpoints, sample_every, max_consecutive_nonfinite,
-init_checkpoint and scratch_init, which only choose the step-0 weights, mesh, sharding) may change freely: extending
-total_steps is how a run is continued.
+init_checkpoint and scratch_init, which only choose the step-0 weights, mesh, sharding, and micro_batch_loop and
+step_programs, which only choose how the same step is compiled) may change freely: extending total_steps is how a
+run is continued.
 """
 
 from __future__ import annotations

@@ -96,12 +96,15 @@ class DenoiseTrainStep:
         micro = accumulate.micro_batches({k: batch[k] for k in BATCH_KEYS}, self.num_micro, self.batch_axes)
         return accumulate.mean_gradient(self.loss, state.params, (micro, keys), self.num_micro, self.loop)
 
-    def __call__(self, state: ModelTrainState, batch: dict) -> tuple[ModelTrainState, dict]:
-        grads, losses, aux = self.gradients(state, batch)
+    def apply(self, state: ModelTrainState, grads: dict, losses: jax.Array, aux: dict) -> tuple[ModelTrainState, dict]:
+        """The update from gradients()'s outputs: the optimiser step, the EMA, the non-finite guard, the metrics."""
         rng, _ = self.step_keys(state.rng)
         new_state, metrics = apply_gradients(state, grads, losses, self.models.g_tx, self.ema_decay, rng)
         metrics.update(sigma_mean=jnp.mean(aux["sigma"]), sigma_log_mean=jnp.mean(jnp.log(aux["sigma"])))
         return new_state, metrics
+
+    def __call__(self, state: ModelTrainState, batch: dict) -> tuple[ModelTrainState, dict]:
+        return self.apply(state, *self.gradients(state, batch))
 
     def eval_loss(self, params, batch: dict, seed: int = 0) -> jax.Array:
         """Held-out loss: the weighted loss averaged over config.denoise.eval_sigmas, with fixed noise and

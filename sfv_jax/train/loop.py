@@ -28,6 +28,7 @@ from sfv_jax.errors import SfvError
 from sfv_jax.parallel.mesh import make_mesh
 from sfv_jax.parallel.rules import batch_axes as rule_batch_axes, batch_device_count, batch_spec
 from sfv_jax.parallel.sharding import jit_train_step, state_shardings
+from sfv_jax.parallel.step_programs import step_programs
 from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
 from sfv_jax.train.checkpoints import TrainCheckpoints
@@ -98,6 +99,7 @@ def micro_batch_warning(global_batch_size: int, grad_accum_steps: int, batch_dev
 
 
 def _check_config(config) -> None:
+    step_programs(config)
     if config.global_batch_size % jax.process_count():
         raise SfvError(f"global_batch_size={config.global_batch_size} does not split over {jax.process_count()} "
                        f"processes")
@@ -172,7 +174,8 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         else:
             abstract_batch = jax.eval_shape(objective.encode, objective.frozen_encoders(abstract),
                                             jax.ShapeDtypeStruct(frame_shape, np.uint8), jax.random.PRNGKey(0))
-        step_fn, _, batch_shardings = jit_train_step(objective.step, abstract, abstract_batch, mesh, config.sharding)
+        step_fn, _, batch_shardings = jit_train_step(objective.step, abstract, abstract_batch, mesh, config.sharding,
+                                                      step_programs(config))
         encode_fn = jax.jit(objective.encode, in_shardings=(encoder_shardings, frames_sharding, None),
                             out_shardings=batch_shardings)
         if from_cache:  # the cached rows as sharded arrays: the step's batch, or what recondition makes it from

@@ -118,12 +118,15 @@ class VAETrainStep:
         micro = accumulate.micro_batches({"video": batch["video"]}, self.num_micro, self.batch_axes)
         return accumulate.mean_gradient(self.loss, state.params, (micro, keys), self.num_micro, self.loop)
 
-    def __call__(self, state: ModelTrainState, batch: dict) -> tuple[ModelTrainState, dict]:
-        grads, losses, parts = self.gradients(state, batch)
+    def apply(self, state: ModelTrainState, grads: dict, losses: jax.Array, parts: dict) -> tuple[ModelTrainState, dict]:
+        """The update from gradients()'s outputs: the optimiser step, the EMA, the non-finite guard, the metrics."""
         rng, _ = self.step_keys(state.rng)
         new_state, metrics = apply_gradients(state, grads, losses, self.models.tx, self.ema_decay, rng, self.frozen)
         metrics.update(recon=jnp.mean(parts["recon"]), kl=jnp.mean(parts["kl"]))
         return new_state, metrics
+
+    def __call__(self, state: ModelTrainState, batch: dict) -> tuple[ModelTrainState, dict]:
+        return self.apply(state, *self.gradients(state, batch))
 
     def eval_loss(self, params, batch: dict, seed: int = 0) -> jax.Array:
         """Held-out loss: the same weighted sum with the posterior means decoded (deterministic)."""

@@ -37,4 +37,7 @@ def run(plan: Plan, rec: Recorder, micro_batch: int, overrides: Sequence[str] = 
         "clips_per_s": r["clips_per_s"], "flops_per_step": r["flops_per_step"], "flops_per_s": r["flops_per_s"],
         "mfu": r["mfu"], "device_peak_bytes": r["device_peak_bytes"],
         "xla_estimated_peak_bytes": (r["memory"] or {}).get("estimated_peak_bytes"),
-        "state_bytes": r["state_bytes"], "g_params": r["g_params"], "final_metrics": r["final_metrics"]})
+        "state_bytes": r["state_bytes"], "g_params": r["g_params"], "final_metrics": r["final_metrics"],
+        # the step as two programs (the default) or one: --train-override step_programs=fused compares
+        "step_programs": r["step_programs"],
+        "programs": [{k: p[k] for k in ("name", "compile_s", "flops")} for p in r["programs"]]})
