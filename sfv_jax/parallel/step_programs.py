@@ -65,7 +65,6 @@ class FusedStep:
     def __init__(self, train_step: Callable, state_sh, batch_sh, metrics_sh):
         self.step = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metrics_sh),
                             donate_argnums=(0,))
-        self.state_sh, self.batch_sh = state_sh, batch_sh
 
     def __call__(self, state, batch):
         return self.step(state, batch)
@@ -79,8 +78,7 @@ class SplitStep:
     apply(state, *outputs) with the state donated. train_step has both methods (every objective's step does)."""
 
     def __init__(self, train_step, state_sh, batch_sh, metrics_sh):
-        self.train_step = train_step
-        self.state_sh, self.batch_sh = state_sh, batch_sh
+        self.train_step, self.state_sh = train_step, state_sh
         # keep_unused: the whole state stays in device memory while the gradients are computed (the EMA and the
         # optimiser state too, which they do not read), so the program's memory analysis counts it as arguments.
         self.gradients = jax.jit(train_step.gradients, in_shardings=(state_sh, batch_sh), keep_unused=True)
