@@ -51,12 +51,20 @@ def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def _lower_and_compile(name: str, jitted, *args) -> CompiledProgram:
+Progress = Callable[[str], None] | None  # told a line before and after each program's XLA compile
+
+
+def _lower_and_compile(name: str, jitted, *args, progress: Progress = None) -> CompiledProgram:
     start = time.perf_counter()
     lowered = jitted.lower(*args)
     lowered_at = time.perf_counter()
+    if progress:
+        progress(f"{name}: lowered in {lowered_at - start:.1f} s; XLA compiling...")
     compiled = lowered.compile()
-    return CompiledProgram(name, compiled, lowered_at - start, time.perf_counter() - lowered_at)
+    program = CompiledProgram(name, compiled, lowered_at - start, time.perf_counter() - lowered_at)
+    if progress:
+        progress(f"{name}: compiled in {program.compile_s:.1f} s")
+    return program
 
 
 class FusedStep:
@@ -69,8 +77,8 @@ class FusedStep:
     def __call__(self, state, batch):
         return self.step(state, batch)
 
-    def compile(self, abstract_state, abstract_batch) -> list[CompiledProgram]:
-        return [_lower_and_compile("train_step", self.step, abstract_state, abstract_batch)]
+    def compile(self, abstract_state, abstract_batch, progress: Progress = None) -> list[CompiledProgram]:
+        return [_lower_and_compile("train_step", self.step, abstract_state, abstract_batch, progress=progress)]
 
 
 class SplitStep:
@@ -90,13 +98,15 @@ class SplitStep:
     def __call__(self, state, batch):
         return self.apply(state, self.gradients(state, batch))
 
-    def compile(self, abstract_state, abstract_batch) -> list[CompiledProgram]:
+    def compile(self, abstract_state, abstract_batch, progress: Progress = None) -> list[CompiledProgram]:
         """Both programs ahead of time (no devices needed): the update's inputs take the first program's output
         shardings."""
-        gradients = _lower_and_compile("gradients", self.gradients, abstract_state, abstract_batch)
+        gradients = _lower_and_compile("gradients", self.gradients, abstract_state, abstract_batch,
+                                       progress=progress)
         outputs = _with_shardings(jax.eval_shape(self.train_step.gradients, abstract_state, abstract_batch),
                                   gradients.compiled.output_shardings)
-        apply = _lower_and_compile("apply", self.apply, _with_shardings(abstract_state, self.state_sh), outputs)
+        apply = _lower_and_compile("apply", self.apply, _with_shardings(abstract_state, self.state_sh), outputs,
+                                   progress=progress)
         return [gradients, apply]
 
 

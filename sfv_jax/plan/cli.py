@@ -81,7 +81,8 @@ def _plan(args, config, overrides, topology) -> None:
         warnings = plan_compile.check_batch(config, mesh)
         print(f"compiling the {config.get('objective', 'sfv')} train step for {topology.name} "
               f"({len(topology.devices)} devices)...", file=sys.stderr, flush=True)
-        programs, state_bytes, lower_s = plan_compile.plan_train(config, topology, mesh)
+        programs, state_bytes, lower_s = plan_compile.plan_train(
+            config, topology, mesh, progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
         mesh_sizes = dict(mesh.shape)
         shapes = {"global_batch": config.global_batch_size, "grad_accum_steps": config.grad_accum_steps,
                   "frames": config.data.num_frames, "height": config.data.height, "width": config.data.width}

@@ -103,10 +103,10 @@ def _compile(name: str, lowered) -> ProgramFigures:
     return figures(name, compiled, time.perf_counter() - start)
 
 
-def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh):
+def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh, progress=None):
     """([figures of each program of the step], per-device state bytes by group, seconds to trace and lower) of
     config's real train step on `mesh`: "train_step.gradients" and "train_step.apply" (config.step_programs "split",
-    the default), or "train_step" ("fused")."""
+    the default), or "train_step" ("fused"). progress(line), when given, hears each program's start and end."""
     from sfv_jax.models.conv_paths import target_platform
     from sfv_jax.parallel.sharding import jit_train_step
     from sfv_jax.parallel.step_programs import step_programs
@@ -114,7 +114,7 @@ def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh):
         objective, state, batch = abstract_train(config, mesh)
         step, shardings, _ = jit_train_step(objective.step, state, batch, mesh, config.sharding,
                                             step_programs(config))
-        compiled = step.compile(state, batch)
+        compiled = step.compile(state, batch, progress=progress)
     programs = [figures(f"train_step.{p.name}" if len(compiled) > 1 else p.name, p.compiled, p.compile_s)
                 for p in compiled]
     return programs, state_bytes(state, shardings), sum(p.lower_s for p in compiled)
