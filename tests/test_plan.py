@@ -119,8 +119,9 @@ def check_memory(plan: dict) -> None:
 @needs_libtpu
 def test_tpu_plan_memory_and_state_bytes(tpu_plan, measured):
     """Catches: a total that is not argument + output - alias + temporary, a peak that is not the larger of the
-    step's two programs or FLOPs not their sum, an update compiled without donation (no alias), per-device parameter / optimiser / frozen bytes that ignore the sharding (global sizes) or put a field in
-    the wrong group, a multi-host slice seen as one host, headroom or step time not from the chip's facts."""
+    step's two programs or FLOPs not their sum, an update compiled without donation (no alias), per-device
+    parameter / optimiser / frozen bytes that ignore the sharding (global sizes) or put a field in the wrong group,
+    a multi-host slice seen as one host, headroom or step time not from the chip's facts."""
     assert tpu_plan["platform"] == "tpu" and tpu_plan["devices"] == 8 and tpu_plan["hosts"] == 2
     assert tpu_plan["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     check_memory(tpu_plan)

@@ -194,7 +194,8 @@ def format_report(payload: dict[str, Any]) -> str:
             ["achieved FLOP/s", report.fmt_number(r["flops_per_s"])],
             ["MFU", f"{r['mfu']:.1%} of {a['peak_tflops']} TFLOP/s" if r["mfu"] is not None else
              "- (pass --peak-tflops)"],
-            ["peak memory, XLA estimate GiB (args + outputs - donated + temps; the larger program)", gib(mem.get("estimated_peak_bytes"))],
+            ["peak memory, XLA estimate GiB (args + outputs - donated + temps; the larger program)",
+             gib(mem.get("estimated_peak_bytes"))],
             ["  temporaries GiB", gib(mem.get("temp_size_in_bytes"))],
             ["device peak GiB (backend's memory_stats)", gib(r["device_peak_bytes"])],
             ["process peak RSS GiB", gib(payload["peak_rss_bytes"])]]

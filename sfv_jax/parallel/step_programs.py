@@ -8,8 +8,8 @@ while a step ran 12% slower split on the 2-core CPU (the fused program starts up
 done while the backward pass goes on, on the other core). So `config.step_programs = "split"` (the default) jits
 the halves separately, for tests, demos, benchmarks, plans and every run whose compile is a large share of its
 time; "fused" keeps one program, for long CPU runs. (On a GPU the step's kernels mostly run in one stream, so less
-should be lost to the split there; not measured yet.) The gradients cross from one program to the other in device memory, as they are live
-between the backward pass and the update in the fused program too.
+should be lost to the split there; not measured yet.) The gradients cross from one program to the other in device
+memory, as they are live between the backward pass and the update in the fused program too.
 
 Both give the same state and metrics (tests/test_parallel.py: its sharded runs jit two programs, its single-device
 runs one); the state is donated to the update either way.

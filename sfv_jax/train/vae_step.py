@@ -118,7 +118,8 @@ class VAETrainStep:
         micro = accumulate.micro_batches({"video": batch["video"]}, self.num_micro, self.batch_axes)
         return accumulate.mean_gradient(self.loss, state.params, (micro, keys), self.num_micro, self.loop)
 
-    def apply(self, state: ModelTrainState, grads: dict, losses: jax.Array, parts: dict) -> tuple[ModelTrainState, dict]:
+    def apply(self, state: ModelTrainState, grads: dict, losses: jax.Array,
+              parts: dict) -> tuple[ModelTrainState, dict]:
         """The update from gradients()'s outputs: the optimiser step, the EMA, the non-finite guard, the metrics."""
         rng, _ = self.step_keys(state.rng)
         new_state, metrics = apply_gradients(state, grads, losses, self.models.tx, self.ema_decay, rng, self.frozen)
