@@ -1,11 +1,14 @@
 """The train step as two programs (config.step_programs=split) against one (fused): compile seconds and step time.
 
-Both are compiled in one process, then timed in interleaved rounds (split, fused, split, ...) so that a shared
-machine's drift hits both alike; BENCHMARKS.md "Compile cost by structure" holds the results.
+Any objective (sfv, denoise, vae): the state starts as `sfv-jax train` starts it (random weights, or
+config.init_checkpoint), the batch is the objective's encoding of random uint8 clips. Both modes are compiled in
+one process, then timed in interleaved rounds (split, fused, split, ...) so that a shared machine's drift hits
+both alike; BENCHMARKS.md "Compile cost by structure" holds the results.
 
     python tools/bench_step_programs.py --config configs/tiny_sfv.py --override data.num_frames=8 \
         --override data.height=64 --override data.width=64 --override global_batch_size=8 \
         --override grad_accum_steps=1 --override sfv.r1_mode=approx
+    python tools/bench_step_programs.py --config configs/toy.py:teacher
 """
 
 from __future__ import annotations
@@ -17,18 +20,17 @@ import time
 import jax
 import numpy as np
 
-from sfv_jax.bench.train import random_batch
 from sfv_jax.config import load_config
 from sfv_jax.parallel.mesh import make_mesh
+from sfv_jax.parallel.rules import batch_axes, batch_spec
 from sfv_jax.parallel.sharding import jit_train_step
 from sfv_jax.parallel.step_programs import STEP_PROGRAMS, run_compiled
-from sfv_jax.train.state import SFVModels, abstract_state, new_state
-from sfv_jax.train.step import make_train_step
+from sfv_jax.train.objectives import make_objective
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/tiny_sfv.py", help="an SF-V train config")
+    p.add_argument("--config", default="configs/tiny_sfv.py", help="a train config, FILE[:VARIANT]")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=8, help="timed rounds per mode (the first is dropped as warm-up)")
     p.add_argument("--steps-per-round", type=int, default=3)
@@ -37,25 +39,29 @@ def main() -> None:
     if args.rounds < 2 or args.steps_per_round < 1:
         p.error("--rounds must be >= 2 and --steps-per-round >= 1")
     config = load_config(args.config, args.override)
-    models = SFVModels(config)
     mesh = make_mesh(config.mesh)
-    host_batch = random_batch(config)
-    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+    frames = np.random.default_rng(0).integers(0, 256, (config.global_batch_size, config.data.num_frames,
+                                                         config.data.height, config.data.width, 3), np.uint8)
     steps, states, compiles = {}, {}, {}
     with jax.set_mesh(mesh):
-        abstract = abstract_state(models)
+        objective = make_objective(config, batch_axes(config.sharding.rules))
+        abstract = objective.abstract_state()
+        weights, _, _ = objective.initial_weights()
+        first = jax.jit(objective.init_state)(weights)
+        frames = jax.device_put(frames, jax.sharding.NamedSharding(mesh, batch_spec(config.sharding.rules)))
+        batch = jax.jit(objective.encode)(objective.frozen_encoders(first), frames, jax.random.PRNGKey(0))
+        abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
         for mode in STEP_PROGRAMS:
-            step, state_sh, batch_sh = jit_train_step(make_train_step(config, models, batch_axes=("data", "fsdp")),
-                                                      abstract, abstract_batch, mesh, config.sharding, mode)
+            step, state_sh, batch_sh = jit_train_step(objective.step, abstract, abstract_batch, mesh,
+                                                      config.sharding, mode)
             start = time.perf_counter()
-            programs = step.compile(abstract, abstract_batch)
+            programs = step.compile(abstract, abstract_batch, progress=lambda line: print(f"  {line}", flush=True))
             compiles[mode] = dict(total_s=time.perf_counter() - start,
                                   xla_s={p.name: p.compile_s for p in programs})
-            print(f"{mode}: compiled in {compiles[mode]['total_s']:.1f} s "
-                  f"({', '.join(f'{n} {s:.1f} s' for n, s in compiles[mode]['xla_s'].items())})", flush=True)
+            print(f"{mode}: compiled in {compiles[mode]['total_s']:.1f} s", flush=True)
             steps[mode] = run_compiled(programs)
-            states[mode] = jax.device_put(new_state(config, models), state_sh)
-        batch = jax.device_put(host_batch, batch_sh)
+            states[mode] = jax.device_put(jax.jit(objective.init_state)(weights), state_sh)
+        batch = jax.device_put(batch, batch_sh)
         seconds = {mode: [] for mode in STEP_PROGRAMS}
         for _ in range(args.rounds):
             for mode in STEP_PROGRAMS:
@@ -65,9 +71,10 @@ def main() -> None:
                 jax.block_until_ready((states[mode], metrics))
                 seconds[mode].append((time.perf_counter() - start) / args.steps_per_round)
     ratios = [s / f for s, f in zip(seconds["split"][1:], seconds["fused"][1:])]
-    result = {mode: dict(**compiles[mode], step_s_median=float(np.median(seconds[mode][1:])), step_s=seconds[mode])
-              for mode in STEP_PROGRAMS}
-    result["split_over_fused_step"] = dict(median=float(np.median(ratios)), min=min(ratios), max=max(ratios))
+    result = {"config": args.config, "overrides": args.override,
+              **{mode: dict(**compiles[mode], step_s_median=float(np.median(seconds[mode][1:])), step_s=seconds[mode])
+                 for mode in STEP_PROGRAMS},
+              "split_over_fused_step": dict(median=float(np.median(ratios)), min=min(ratios), max=max(ratios))}
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as f:
