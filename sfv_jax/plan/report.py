@@ -2,7 +2,9 @@
 
 A program's peak is XLA's memory_analysis() figures combined as the buffers are live at once: arguments, plus
 outputs that do not reuse a donated argument's buffer (output - alias), plus temporaries. A plan of several programs
-(the sampler: UNet, then decoder) runs them one after another, so its peak is the largest and its FLOPs the sum.
+(the sampler: UNet, then decoder; the train step as two programs) runs them one after another, so its peak is the
+largest and its FLOPs the sum of each program's FLOPs per step (a micro-batch scan's body, which XLA counts once,
+times grad_accum_steps).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ class ProgramFigures:
     code_bytes: int | None
     flops: float | None
     compile_s: float
+    # XLA's cost analysis counts a loop body once; a program whose work is a lax.scan over the step's micro-batches
+    # runs it this many times a step (grad_accum_steps), so its FLOPs per step are flops x runs_per_step.
+    runs_per_step: int = 1
+
+    @property
+    def flops_per_step(self) -> float | None:
+        return None if self.flops is None else self.flops * self.runs_per_step
 
     @property
     def total_bytes(self) -> int | None:
@@ -76,7 +85,7 @@ class Plan:
 
     @property
     def flops(self) -> float | None:
-        values = [p.flops for p in self.programs]
+        values = [p.flops_per_step for p in self.programs]
         return None if any(v is None for v in values) else sum(values)
 
     @property
@@ -94,7 +103,8 @@ class Plan:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["programs"] = [{**dataclasses.asdict(p), "total_bytes": p.total_bytes} for p in self.programs]
+        d["programs"] = [{**dataclasses.asdict(p), "total_bytes": p.total_bytes, "flops_per_step": p.flops_per_step}
+                         for p in self.programs]
         d.update(peak_bytes=self.peak_bytes, flops=self.flops, headroom_bytes=self.headroom_bytes,
                  step_seconds_at_40pct_mfu=self.step_seconds, mfu_assumed=MFU)
         return d
@@ -126,7 +136,8 @@ def format_plan(plan: Plan) -> str:
                              p.alias_bytes), ("temporary", p.temp_bytes), ("total (arg+out-alias+temp)",
                              p.total_bytes)):
             lines.append(f"    {label:<26}{_mib(value):>16}")
-        lines.append(f"    {'FLOPs':<26}{'n/a' if p.flops is None else f'{p.flops:.4g}':>16}")
+        scan = f"   x {p.runs_per_step} micro-batches (XLA counts the scan body once)" if p.runs_per_step > 1 else ""
+        lines.append(f"    {'FLOPs':<26}{'n/a' if p.flops is None else f'{p.flops:.4g}':>16}{scan}")
     hbm = plan.chip.hbm_bytes
     lines += [f"  {'peak':<28}{_mib(plan.peak_bytes):>16}",
               f"  {'HBM (' + plan.chip.name + ')':<28}{_mib(hbm):>16}",
