@@ -6,9 +6,10 @@ peak where the backend reports one, and the process's peak RSS).
 
 The step is jitted exactly as training jits it (sfv_jax.parallel.sharding.jit_train_step: explicit
 shardings over the config's mesh, state donated, one or two programs as config.step_programs says).
-FLOPs: XLA counts a loop body once; the step's micro-batch accumulation is a lax.scan, so with
-grad_accum_steps = M > 1 the gradients program's FLOPs count M times (fused: the whole program's, which
-also counts the optimizer update M times, a small over-count); with M = 1 they are exact.
+FLOPs: XLA counts a loop body once; the step's micro-batch accumulation is a lax.scan unless unrolled, so
+with grad_accum_steps = M > 1 scanned the gradients program's FLOPs count M times (fused: the whole
+program's, which also counts the optimizer update M times, a small over-count); otherwise they are exact
+(sfv_jax.train.accumulate.scanned_runs_per_step).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def run(args) -> dict[str, Any]:
     from sfv_jax.parallel.mesh import make_mesh
     from sfv_jax.parallel.sharding import jit_train_step
     from sfv_jax.parallel.step_programs import run_compiled, step_programs
+    from sfv_jax.train.accumulate import scanned_runs_per_step
     from sfv_jax.train.state import SFVModels, abstract_state, new_state, tree_bytes
     from sfv_jax.train.step import make_train_step
 
@@ -142,8 +144,9 @@ def run(args) -> dict[str, Any]:
         seconds, metrics = report.time_calls(one_step, args.repeats, args.warmup)
     flops_each = [flops_of(p.compiled) for p in compiled_programs]
     program_flops = None if None in flops_each else sum(flops_each)
-    # The micro-batch scan's body is counted once: the gradients (or, fused, the whole step) run it m times.
-    flops = None if program_flops is None else flops_each[0] * m + sum(flops_each[1:])
+    # The micro-batches run in the first program (the gradients; fused, the whole step), whose scan body XLA counts
+    # once.
+    flops = None if program_flops is None else flops_each[0] * scanned_runs_per_step(config) + sum(flops_each[1:])
     memories = [_memory(p.compiled) for p in compiled_programs]
     # The programs run one after the other: the step's peak is the larger one's.
     memory = None if None in memories else max(memories, key=lambda mem: mem["estimated_peak_bytes"])

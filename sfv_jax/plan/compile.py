@@ -110,7 +110,7 @@ def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh, progress=Non
     from sfv_jax.models.conv_paths import target_platform
     from sfv_jax.parallel.sharding import jit_train_step
     from sfv_jax.parallel.step_programs import step_programs
-    from sfv_jax.train.accumulate import micro_batch_loop
+    from sfv_jax.train.accumulate import scanned_runs_per_step
     with jax.set_mesh(mesh), target_platform(topology.platform):
         objective, state, batch = abstract_train(config, mesh)
         step, shardings, _ = jit_train_step(objective.step, state, batch, mesh, config.sharding,
@@ -118,10 +118,9 @@ def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh, progress=Non
         compiled = step.compile(state, batch, progress=progress)
     programs = [figures(f"train_step.{p.name}" if len(compiled) > 1 else p.name, p.compiled, p.compile_s)
                 for p in compiled]
-    if micro_batch_loop(config) == "scan":
-        # The micro-batches run in a lax.scan in the first program (the fused step: its whole program, which then
-        # also counts the update grad_accum_steps times, a small over-count), whose body XLA counts once.
-        programs[0] = dataclasses.replace(programs[0], runs_per_step=config.grad_accum_steps)
+    # The micro-batches run in the first program (the fused step: its whole program, which then also counts the
+    # update once per micro-batch when scanned, a small over-count).
+    programs[0] = dataclasses.replace(programs[0], runs_per_step=scanned_runs_per_step(config))
     return programs, state_bytes(state, shardings), sum(p.lower_s for p in compiled)
 
 

@@ -51,6 +51,13 @@ def micro_batch_loop(config) -> str:
     return loop
 
 
+def scanned_runs_per_step(config) -> int:
+    """How many times a step runs the gradient program's once-counted loop body: XLA's cost analysis counts a loop
+    body once, so FLOPs of the program holding the micro-batch scan are this many times its count (grad_accum_steps
+    when scanned; 1 when unrolled, whose count already covers every micro-batch)."""
+    return config.grad_accum_steps if micro_batch_loop(config) == "scan" else 1
+
+
 def mean_gradient(loss_fn: Callable, params, xs, num_micro: int, loop: str = "scan"):
     """(mean gradient, stacked losses (M,), stacked aux) of loss_fn(params, *x) -> (loss, aux) over xs.
 
