@@ -305,8 +305,7 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
                     interrupted = stop.agreed()
                     if save_now or interrupted:
                         checkpoints.save(step, state, {"iterator": data.get_state(),
-                                                       "nonfinite_skipped": nonfinite_total},
-                                         state_finite=bool(metrics["state_finite"]))
+                                                       "nonfinite_skipped": nonfinite_total})
                         last_saved = step
                     if interrupted:
                         checkpoints.wait()

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sfv_jax.train.tree_stats import all_finite, global_norm
+from sfv_jax.train.tree_stats import global_norm
 
 
 @flax.struct.dataclass
@@ -63,6 +63,5 @@ def apply_gradients(state: ModelTrainState, grads, losses: jax.Array, tx: optax.
     new_state = state.replace(step=state.step + 1, rng=next_rng, params=keep(params, state.params),
                               ema=keep(ema, state.ema), opt=keep(opt, state.opt))
     metrics = dict(loss=jnp.mean(losses), grad_norm=global_norm(grads),
-                   nonfinite=1.0 - finite.astype(jnp.float32),
-                   state_finite=all_finite((new_state.params, new_state.ema)).astype(jnp.float32))
+                   nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state, metrics

@@ -164,8 +164,6 @@ class SFVTrainStep:
         new_state = state.replace(
             step=state.step + 1, rng=rng, g_params=keep(g_params, state.g_params), g_ema=keep(g_ema, state.g_ema),
             d_heads=keep(d_heads, state.d_heads), g_opt=keep(g_opt, state.g_opt), d_opt=keep(d_opt, state.d_opt))
-        # Checked here so the loop never writes a checkpoint holding NaN or inf.
-        state_finite = tree_stats.all_finite((new_state.g_params, new_state.g_ema, new_state.d_heads))
         # d_{real,fake}_{spatial,temporal}: the mean logits of each head family the discriminator has
         metrics = {k: jnp.mean(v) for k, v in aux.items()
                    if k in ("g_loss", "d_loss", "recon", "g_adv", "hinge", "r1") or k.startswith(("d_real_", "d_fake_"))}
@@ -173,8 +171,7 @@ class SFVTrainStep:
             g_grad_norm=tree_stats.global_norm(grads["g"]), d_grad_norm=tree_stats.global_norm(grads["d"]),
             sigma_g_mean=jnp.mean(aux["sigma"]), sigma_d_mean=jnp.mean(aux["sigma_d"]),
             sigma_d_log_mean=jnp.mean(jnp.log(aux["sigma_d"])), sigma_d_min=jnp.min(aux["sigma_d"]),
-            sigma_d_max=jnp.max(aux["sigma_d"]), nonfinite=1.0 - finite.astype(jnp.float32),
-            state_finite=state_finite.astype(jnp.float32))
+            sigma_d_max=jnp.max(aux["sigma_d"]), nonfinite=1.0 - finite.astype(jnp.float32))
         return new_state, metrics
 
     def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
