@@ -11,12 +11,19 @@ time; "fused" keeps one program, for long CPU runs. (On a GPU the step's kernels
 should be lost to the split there; not measured yet.) The gradients cross from one program to the other in device
 memory, as they are live between the backward pass and the update in the fused program too.
 
+The gradients leave the first program in their params' shardings and the rest of its outputs replicated (each
+step's `gradients_shardings`), so the update's inputs are known before either program is compiled: `compile`
+lowers both, then compiles them at once on two threads (XLA:CPU's compile of one program leaves much of a
+second core idle), or one after the other where host memory is the limit (`parallel=False`, what `sfv-jax plan`
+does).
+
 Both give the same state and metrics (tests/test_parallel.py: its sharded runs jit two programs, its single-device
 runs one); the state is donated to the update either way.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from typing import Any, Callable
@@ -47,21 +54,22 @@ class CompiledProgram:
     compile_s: float
 
 
-def _with_shardings(abstract, shardings):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
 Progress = Callable[[str], None] | None  # told a line before and after each program's XLA compile
 
 
-def _lower_and_compile(name: str, jitted, *args, progress: Progress = None) -> CompiledProgram:
+def _lower(name: str, jitted, *args, progress: Progress = None):
+    """(lowered, seconds to trace and lower)."""
     start = time.perf_counter()
     lowered = jitted.lower(*args)
-    lowered_at = time.perf_counter()
+    seconds = time.perf_counter() - start
     if progress:
-        progress(f"{name}: lowered in {lowered_at - start:.1f} s; XLA compiling...")
-    compiled = lowered.compile()
-    program = CompiledProgram(name, compiled, lowered_at - start, time.perf_counter() - lowered_at)
+        progress(f"{name}: lowered in {seconds:.1f} s; XLA compiling...")
+    return lowered, seconds
+
+
+def _compile(name: str, lowered, lower_s: float, progress: Progress = None) -> CompiledProgram:
+    start = time.perf_counter()
+    program = CompiledProgram(name, lowered.compile(), lower_s, time.perf_counter() - start)
     if progress:
         progress(f"{name}: compiled in {program.compile_s:.1f} s")
     return program
@@ -77,37 +85,44 @@ class FusedStep:
     def __call__(self, state, batch):
         return self.step(state, batch)
 
-    def compile(self, abstract_state, abstract_batch, progress: Progress = None) -> list[CompiledProgram]:
-        return [_lower_and_compile("train_step", self.step, abstract_state, abstract_batch, progress=progress)]
+    def compile(self, abstract_state, abstract_batch, progress: Progress = None,
+                parallel: bool = True) -> list[CompiledProgram]:
+        del parallel  # one program
+        lowered, lower_s = _lower("train_step", self.step, abstract_state, abstract_batch, progress=progress)
+        return [_compile("train_step", lowered, lower_s, progress)]
 
 
 class SplitStep:
     """train_step(state, batch) -> (state, metrics) as two programs: outputs = gradients(state, batch), then
-    apply(state, *outputs) with the state donated. train_step has both methods (every objective's step does)."""
+    apply(state, *outputs) with the state donated. train_step has both methods (every objective's step does) and
+    gradients_shardings(state shardings, replicated), the shardings of the gradients' outputs."""
 
     def __init__(self, train_step, state_sh, batch_sh, metrics_sh):
-        self.train_step, self.state_sh = train_step, state_sh
+        self.train_step, self.state_sh, self.batch_sh = train_step, state_sh, batch_sh
+        outputs_sh = train_step.gradients_shardings(state_sh, metrics_sh)
         # keep_unused: the whole state stays in device memory while the gradients are computed (the EMA and the
         # optimiser state too, which they do not read), so the program's memory analysis counts it as arguments.
-        self.gradients = jax.jit(train_step.gradients, in_shardings=(state_sh, batch_sh), keep_unused=True)
-        # The gradients' shardings are what the first program made of them (the params' shardings, by GSPMD's
-        # propagation); the update takes them as they come.
+        self.gradients = jax.jit(train_step.gradients, in_shardings=(state_sh, batch_sh), out_shardings=outputs_sh,
+                                 keep_unused=True)
         self.apply = jax.jit(lambda state, outputs: train_step.apply(state, *outputs),
-                             out_shardings=(state_sh, metrics_sh), donate_argnums=(0,))
+                             in_shardings=(state_sh, outputs_sh), out_shardings=(state_sh, metrics_sh),
+                             donate_argnums=(0,))
 
     def __call__(self, state, batch):
         return self.apply(state, self.gradients(state, batch))
 
-    def compile(self, abstract_state, abstract_batch, progress: Progress = None) -> list[CompiledProgram]:
-        """Both programs ahead of time (no devices needed): the update's inputs take the first program's output
-        shardings."""
-        gradients = _lower_and_compile("gradients", self.gradients, abstract_state, abstract_batch,
-                                       progress=progress)
-        outputs = _with_shardings(jax.eval_shape(self.train_step.gradients, abstract_state, abstract_batch),
-                                  gradients.compiled.output_shardings)
-        apply = _lower_and_compile("apply", self.apply, _with_shardings(abstract_state, self.state_sh), outputs,
-                                   progress=progress)
-        return [gradients, apply]
+    def compile(self, abstract_state, abstract_batch, progress: Progress = None,
+                parallel: bool = True) -> list[CompiledProgram]:
+        """Both programs ahead of time (no devices needed): lowered one after the other, then compiled on two
+        threads (parallel) or in turn."""
+        gradients = _lower("gradients", self.gradients, abstract_state, abstract_batch, progress=progress)
+        outputs = jax.eval_shape(self.train_step.gradients, abstract_state, abstract_batch)
+        apply = _lower("apply", self.apply, abstract_state, outputs, progress=progress)
+        jobs = (("gradients", *gradients), ("apply", *apply))
+        if not parallel:
+            return [_compile(*job, progress) for job in jobs]
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            return list(pool.map(lambda job: _compile(*job, progress), jobs))
 
 
 def run_compiled(programs: list[CompiledProgram]) -> Callable:

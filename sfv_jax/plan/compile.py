@@ -115,7 +115,8 @@ def plan_train(config, topology: Topology, mesh: jax.sharding.Mesh, progress=Non
         objective, state, batch = abstract_train(config, mesh)
         step, shardings, _ = jit_train_step(objective.step, state, batch, mesh, config.sharding,
                                             step_programs(config))
-        compiled = step.compile(state, batch, progress=progress)
+        # One program's XLA compile at a time: the host's peak memory is the larger program's, not their sum.
+        compiled = step.compile(state, batch, progress=progress, parallel=False)
     programs = [figures(f"train_step.{p.name}" if len(compiled) > 1 else p.name, p.compiled, p.compile_s)
                 for p in compiled]
     # The micro-batches run in the first program (the fused step: its whole program, which then also counts the

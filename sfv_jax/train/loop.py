@@ -28,7 +28,7 @@ from sfv_jax.errors import SfvError
 from sfv_jax.parallel.mesh import make_mesh
 from sfv_jax.parallel.rules import batch_axes as rule_batch_axes, batch_device_count, batch_spec
 from sfv_jax.parallel.sharding import jit_train_step, state_shardings
-from sfv_jax.parallel.step_programs import step_programs
+from sfv_jax.parallel.step_programs import run_compiled, step_programs
 from sfv_jax.train import config_diff
 from sfv_jax.train import workdir as wd
 from sfv_jax.train.checkpoints import TrainCheckpoints
@@ -236,6 +236,11 @@ def train(config, workdir: str, reconfigure: bool = False) -> int:
         pending = []  # (step, metrics still on the device) since the host last looked
         last_saved = start
         encode_key = jax.random.PRNGKey(config.seed + 3)
+        if start < config.total_steps:  # (a finished run restores and stops without compiling)
+            # Ahead of time, so the split step's two programs compile at once (sfv_jax.parallel.step_programs);
+            # with --compilation-cache a restarted run reads them back.
+            tell = (lambda line: print(f"train step {line}", flush=True)) if process == 0 else None
+            step_fn = run_compiled(step_fn.compile(abstract, abstract_batch, progress=tell))
         bar = tqdm(total=config.total_steps, initial=start, unit="step", disable=process != 0, dynamic_ncols=True)
         tick = time.perf_counter()
         with _StopSignal() as stop:

@@ -146,6 +146,10 @@ class SFVTrainStep:
         g_aux = {k: v for k, v in g_aux.items() if k not in ("x0_hat", "eps_d")}
         return dict(g=g_grads, d=d_grads), dict(g_loss=g_loss, d_loss=d_loss, **g_aux, **d_aux)
 
+    def gradients_shardings(self, state, replicated):
+        """The shardings of gradients()' outputs given the state's: each gradient as its params, aux replicated."""
+        return dict(g=state.g_params, d=state.d_heads), replicated
+
     def apply(self, state: TrainState, grads: dict, aux: dict) -> tuple[TrainState, dict]:
         """The optimiser updates, G's EMA, the non-finite guard and the step's metrics."""
         models = self.models

@@ -118,6 +118,10 @@ class VAETrainStep:
         micro = accumulate.micro_batches({"video": batch["video"]}, self.num_micro, self.batch_axes)
         return accumulate.mean_gradient(self.loss, state.params, (micro, keys), self.num_micro, self.loop)
 
+    def gradients_shardings(self, state, replicated):
+        """The shardings of gradients()' outputs given the state's: the gradient as the params, the rest replicated."""
+        return state.params, replicated, replicated
+
     def apply(self, state: ModelTrainState, grads: dict, losses: jax.Array,
               parts: dict) -> tuple[ModelTrainState, dict]:
         """The update from gradients()'s outputs: the optimiser step, the EMA, the non-finite guard, the metrics."""
