@@ -9,6 +9,10 @@ both alike; BENCHMARKS.md "Compile cost by structure" holds the results.
         --override data.height=64 --override data.width=64 --override global_batch_size=8 \
         --override grad_accum_steps=1 --override sfv.r1_mode=approx
     python tools/bench_step_programs.py --config configs/toy.py:teacher
+    python tools/bench_step_programs.py --modes split --sequential --compile-only   # compile cost alone
+
+--sequential compiles the split step's two programs one after the other (as `sfv-jax plan` does) rather than at
+once on two threads (as training does).
 """
 
 from __future__ import annotations
@@ -34,10 +38,16 @@ def main() -> None:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=8, help="timed rounds per mode (the first is dropped as warm-up)")
     p.add_argument("--steps-per-round", type=int, default=3)
+    p.add_argument("--modes", default=",".join(STEP_PROGRAMS), help="comma-separated step programs to measure")
+    p.add_argument("--sequential", action="store_true", help="compile the split step's programs in turn")
+    p.add_argument("--compile-only", action="store_true", help="compile, do not time steps")
     p.add_argument("--json", metavar="OUT.json")
     args = p.parse_args()
     if args.rounds < 2 or args.steps_per_round < 1:
         p.error("--rounds must be >= 2 and --steps-per-round >= 1")
+    modes = args.modes.split(",")
+    if not modes or any(mode not in STEP_PROGRAMS for mode in modes):
+        p.error(f"--modes {args.modes!r}: use a comma-separated subset of {','.join(STEP_PROGRAMS)}")
     config = load_config(args.config, args.override)
     mesh = make_mesh(config.mesh)
     frames = np.random.default_rng(0).integers(0, 256, (config.global_batch_size, config.data.num_frames,
@@ -51,30 +61,33 @@ def main() -> None:
         frames = jax.device_put(frames, jax.sharding.NamedSharding(mesh, batch_spec(config.sharding.rules)))
         batch = jax.jit(objective.encode)(objective.frozen_encoders(first), frames, jax.random.PRNGKey(0))
         abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-        for mode in STEP_PROGRAMS:
+        for mode in modes:
             step, state_sh, batch_sh = jit_train_step(objective.step, abstract, abstract_batch, mesh,
                                                       config.sharding, mode)
             start = time.perf_counter()
-            programs = step.compile(abstract, abstract_batch, progress=lambda line: print(f"  {line}", flush=True))
+            programs = step.compile(abstract, abstract_batch, progress=lambda line: print(f"  {line}", flush=True),
+                                    parallel=not args.sequential)
             compiles[mode] = dict(total_s=time.perf_counter() - start,
                                   xla_s={p.name: p.compile_s for p in programs})
             print(f"{mode}: compiled in {compiles[mode]['total_s']:.1f} s", flush=True)
             steps[mode] = run_compiled(programs)
             states[mode] = jax.device_put(jax.jit(objective.init_state)(weights), state_sh)
         batch = jax.device_put(batch, batch_sh)
-        seconds = {mode: [] for mode in STEP_PROGRAMS}
-        for _ in range(args.rounds):
-            for mode in STEP_PROGRAMS:
+        seconds = {mode: [] for mode in modes}
+        for _ in range(0 if args.compile_only else args.rounds):
+            for mode in modes:
                 start = time.perf_counter()
                 for _ in range(args.steps_per_round):
                     states[mode], metrics = steps[mode](states[mode], batch)
                 jax.block_until_ready((states[mode], metrics))
                 seconds[mode].append((time.perf_counter() - start) / args.steps_per_round)
-    ratios = [s / f for s, f in zip(seconds["split"][1:], seconds["fused"][1:])]
-    result = {"config": args.config, "overrides": args.override,
-              **{mode: dict(**compiles[mode], step_s_median=float(np.median(seconds[mode][1:])), step_s=seconds[mode])
-                 for mode in STEP_PROGRAMS},
-              "split_over_fused_step": dict(median=float(np.median(ratios)), min=min(ratios), max=max(ratios))}
+    result = {"config": args.config, "overrides": args.override, "sequential": args.sequential,
+              **{mode: dict(**compiles[mode], step_s=seconds[mode],
+                            step_s_median=float(np.median(seconds[mode][1:])) if seconds[mode] else None)
+                 for mode in modes}}
+    if set(modes) == set(STEP_PROGRAMS) and not args.compile_only:
+        ratios = [s / f for s, f in zip(seconds["split"][1:], seconds["fused"][1:])]
+        result["split_over_fused_step"] = dict(median=float(np.median(ratios)), min=min(ratios), max=max(ratios))
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as f:
