@@ -6,6 +6,12 @@ Variants (sfv_jax.train.objectives), chained by init_checkpoint (README "Toy SVD
                           (--config.init_checkpoint=VAE_WORKDIR), UNet and CLIP random (CLIP stays frozen).
   configs/toy.py:sfv      objective sfv: SF-V's adversarial fine-tuning of the teacher
                           (--config.init_checkpoint=TEACHER_WORKDIR).
+  configs/toy.py:vae4x, :teacher4x, :sfv4x
+                          the same stack on a finer latent grid: a VAE of three levels (4x downsampling, 16x16
+                          latents for the 64x64 clips; the default's four levels give 8x8, on which a shape is 1-3
+                          latent pixels wide), and a teacher trained on lower noise levels (below). Being trained
+                          over several sessions (models/toy4x/, BENCHMARKS.md "Toy SVD stack"); the shipped
+                          models/toy/ pair is the 8x stack.
 The models are SVD's architecture at reduced widths, every block type kept (four UNet levels with spatio-temporal
 resnets, cross-attention and temporal transformers; the VAE's four encoder levels and temporal decoder). Every
 GroupNorm (32 groups, as in SVD) sees at least 2 channels: at 1 channel per group each channel is normalised
@@ -17,13 +23,15 @@ import ml_collections
 
 from configs import sfv_svd, svd_finetune, svd_xt
 
-VARIANTS = ("vae", "teacher", "sfv")
+STAGES = ("vae", "teacher", "sfv")
+GRIDS = {"": 8, "4x": 4}  # variant suffix -> the VAE's downsampling factor
+VARIANTS = tuple(stage + suffix for suffix in GRIDS for stage in STAGES)
 NUM_FRAMES, SIZE = 8, 64
 
 
-def unet_config() -> ml_collections.ConfigDict:
+def unet_config(downsample: int = 8) -> ml_collections.ConfigDict:
     config = svd_xt.unet_config(num_frames=NUM_FRAMES)
-    config.sample_size = SIZE // 8
+    config.sample_size = SIZE // downsample
     config.block_out_channels = (64, 64, 128, 128)
     config.num_attention_heads = (2, 2, 4, 4)
     config.layers_per_block = 1
@@ -33,9 +41,11 @@ def unet_config() -> ml_collections.ConfigDict:
     return config
 
 
-def vae_config() -> ml_collections.ConfigDict:
+def vae_config(downsample: int = 8) -> ml_collections.ConfigDict:
+    """SVD's VAE at toy widths; each level but the last halves the frames' size (four levels: 8x, three: 4x)."""
     config = svd_xt.vae_config()
-    config.block_out_channels = (64, 64, 128, 128)
+    config.block_out_channels = {8: (64, 64, 128, 128), 4: (64, 128, 128)}[downsample]
+    config.down_block_types = ("DownEncoderBlock2D",) * len(config.block_out_channels)
     config.layers_per_block = 1
     config.sample_size = SIZE
     # The toy VAE is trained with a KL weight that keeps its latents near unit variance, so the UNet sees them
@@ -58,10 +68,12 @@ def image_encoder_config() -> ml_collections.ConfigDict:
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: use configs/toy.py:{' | configs/toy.py:'.join(VARIANTS)}")
+    stage, suffix = (variant[:-2], variant[-2:]) if variant.endswith("4x") else (variant, "")
+    downsample = GRIDS[suffix]
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.unet = unet_config()
-    config.vae = vae_config()
+    config.unet = unet_config(downsample)
+    config.vae = vae_config(downsample)
     config.image_encoder = image_encoder_config()
     config.model = svd_xt.model_options()
     config.data = sfv_svd.data_section(num_frames=NUM_FRAMES, height=SIZE, width=SIZE)
@@ -77,7 +89,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval.every = 50
     config.eval.clips = 16
     config.sfv.noise_aug_strength = 0.02
-    if variant == "vae":
+    if stage == "vae":
         config.objective = "vae"
         config.vae_loss = svd_finetune.vae_loss_section(decoder_only=False)
         # The VAE is convolutional, so 32x32 windows (one per clip, shared by its frames) teach it what whole
@@ -86,18 +98,27 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.vae_loss.crop = 32
         # From torch's default init (and from the identity start alone) the joint VAE learnt shapes within ~50
         # steps but stayed grey in hue for hundreds (BENCHMARKS.md "Toy SVD stack"): its encoder had no colour
-        # code for the decoder to learn from. The pooling start gives it one: the encoder begins as 8x8 patch
+        # code for the decoder to learn from. The pooling start gives it one: the encoder begins as f x f patch
         # means of the colours (sfv_jax.models.scratch_init), the decoder at the identity start, and both train.
         # L2, whose gradient shrinks with the error (L1's does not, so Adam's steps stay large near the answer).
         config.scratch_init = "pooling"
         config.vae_loss.recon = "l2"
         config.global_batch_size = 4
         config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)
-        config.total_steps = 1000
+        # The 4x VAE's held-out eval_loss is at the 8x one's 1000-step level by step ~150 and flat from ~400
+        # (BENCHMARKS.md "Toy SVD stack", sessions 16 and 19).
+        config.total_steps = 1000 if downsample == 8 else 500
         del config.sfv, config.disc
-    elif variant == "teacher":
+    elif stage == "teacher":
         config.objective = "denoise"
         config.denoise = svd_finetune.denoise_section()
+        if downsample == 4:
+            # [ours] SVD's ln sigma ~ N(0.7, 1.6^2) was chosen for 72x128 latents; on a 16x16 grid a given sigma
+            # hides far less of a clip (fewer latent pixels share each shape), so the low levels that draw crisp
+            # shapes and steady colours got ~12% of the steps (sigma < 0.3). EDM's ImageNet-64 choice, rescaled
+            # to sigma_data = 1 (ln sigma ~ N(-0.5, 1.2^2)), widened a little for the sampler's high start: ~31%
+            # below 0.3, ~7% above 5. Its teacher against the 8x-grid default: BENCHMARKS.md "Toy SVD stack".
+            config.denoise.p_mean, config.denoise.p_std = -0.5, 1.4
         config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)
         config.total_steps = 2000
         del config.disc

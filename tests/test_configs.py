@@ -62,16 +62,17 @@ def test_unknown_unet_and_option_fields_are_errors():
         ModelOptions(attention="flash")
 
 
-def test_toy_stack_configs_chain_and_keep_two_channels_per_group():
-    """configs/toy.py: the three variants describe one stack (the teacher's VAE is the vae run's architecture,
+@pytest.mark.parametrize("grid, downsample", [("", 8), ("4x", 4)])
+def test_toy_stack_configs_chain_and_keep_two_channels_per_group(grid, downsample):
+    """configs/toy.py: the three variants of each latent grid describe one stack (the teacher's VAE is the vae run's architecture,
     the student's UNet, VAE and CLIP are the teacher's), every UNet and VAE GroupNorm (32 groups) sees >= 2
     channels per group, CLIP's projection is the UNet's cross-attention width, the data latents are scaled by
     the VAE's own scaling factor, and the clips are >= 64x64 with >= 8 frames. Catches a toy level at 32 channels
     (each channel normalised alone: the resnets' time embedding erased), or a chain whose init_checkpoint would
-    not load."""
+    not load, or a UNet sized for another grid than its VAE's (latents of 64 / downsample pixels a side)."""
     from sfv_jax.models.unet_config import UNetConfig
     from sfv_jax.models.vae import VAEConfig
-    vae, teacher, sfv = (load_config(config_path("toy.py") + f":{v}") for v in ("vae", "teacher", "sfv"))
+    vae, teacher, sfv = (load_config(config_path("toy.py") + f":{v}{grid}") for v in ("vae", "teacher", "sfv"))
     assert (vae.objective, teacher.objective, sfv.objective) == ("vae", "denoise", "sfv")
     assert vae.vae.to_dict() == teacher.vae.to_dict() == sfv.vae.to_dict()
     assert teacher.unet.to_dict() == sfv.unet.to_dict()
@@ -83,5 +84,7 @@ def test_toy_stack_configs_chain_and_keep_two_channels_per_group():
         assert config.data.latent_scale == autoencoder.scaling_factor
         assert config.data.height >= 64 and config.data.width >= 64 and config.data.num_frames >= 8
         assert unet.num_frames == config.data.num_frames
+        assert 2 ** (len(autoencoder.block_out_channels) - 1) == downsample
+        assert unet.sample_size * downsample == config.data.height == config.data.width
     with pytest.raises(ConfigError, match="unknown variant 'micro'"):
         load_config(config_path("toy.py") + ":micro")
