@@ -191,7 +191,8 @@ def snapshot(folder: str) -> dict:
 def test_resume_with_a_changed_config_stops_unless_reconfigured(run_a, cache, tmp_path, capsys):
     """A copy of run A resumed with another optim.g_lr and seed. Catches a silently accepted change of
     optim.g_lr or seed, a refusal that is not one line with exit code 2 or that writes to the workdir, a
-    --reconfigure that is not logged, and one whose new learning rate the restored optimiser state overrides."""
+    --reconfigure that is not logged, one whose new learning rate the restored optimiser state overrides, and a
+    finished run that compiles its step before finding nothing to do."""
     import shutil
 
     import jax
@@ -224,6 +225,11 @@ def test_resume_with_a_changed_config_stops_unless_reconfigured(run_a, cache, tm
     # config.json is the new config: the next plain resume with the same flags is accepted.
     saved = wd.read_config(workdir)
     assert saved.optim.g_lr == 2e-5 and saved.seed == 1
+    # The step compiled ahead of time, its two programs named as they compiled; a finished run restores and stops
+    # without compiling it (a rerun of a finished stage, as `make toy` does, costs seconds, not the compile).
+    assert "train step gradients: compiled in" in result.stdout and "train step apply: compiled in" in result.stdout
+    again = run(train_cmd(workdir, cache, *changed))
+    assert f"resumed from step {TOTAL + 1} (" in again.stdout and "train step" not in again.stdout, again.stdout
 
 
 @pytest.mark.slow  # two processes compile the step side by side: ~7 min on 2 cores
