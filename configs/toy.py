@@ -9,9 +9,8 @@ Variants (sfv_jax.train.objectives), chained by init_checkpoint (README "Toy SVD
   configs/toy.py:vae4x, :teacher4x, :sfv4x
                           the same stack on a finer latent grid: a VAE of three levels (4x downsampling, 16x16
                           latents for the 64x64 clips; the default's four levels give 8x8, on which a shape is 1-3
-                          latent pixels wide), and a teacher trained on lower noise levels (below). Being trained
-                          over several sessions (models/toy4x/, BENCHMARKS.md "Toy SVD stack"); the shipped
-                          models/toy/ pair is the 8x stack.
+                          latent pixels wide). Being trained over several sessions (models/toy4x/,
+                          BENCHMARKS.md "Toy SVD stack"); the shipped models/toy/ pair is the 8x stack.
 The models are SVD's architecture at reduced widths, every block type kept (four UNet levels with spatio-temporal
 resnets, cross-attention and temporal transformers; the VAE's four encoder levels and temporal decoder). Every
 GroupNorm (32 groups, as in SVD) sees at least 2 channels: at 1 channel per group each channel is normalised
@@ -112,13 +111,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     elif stage == "teacher":
         config.objective = "denoise"
         config.denoise = svd_finetune.denoise_section()
-        if downsample == 4:
-            # [ours] SVD's ln sigma ~ N(0.7, 1.6^2) was chosen for 72x128 latents; on a 16x16 grid a given sigma
-            # hides far less of a clip (fewer latent pixels share each shape), so the low levels that draw crisp
-            # shapes and steady colours got ~12% of the steps (sigma < 0.3). EDM's ImageNet-64 choice, rescaled
-            # to sigma_data = 1 (ln sigma ~ N(-0.5, 1.2^2)), widened a little for the sampler's high start: ~31%
-            # below 0.3, ~7% above 5. Its teacher against the 8x-grid default: BENCHMARKS.md "Toy SVD stack".
-            config.denoise.p_mean, config.denoise.p_std = -0.5, 1.4
+        # SVD's noise levels (ln sigma ~ N(0.7, 1.6^2)) on both grids. Tried on the 4x grid: ln sigma ~ N(-0.5,
+        # 1.4^2), EDM's ImageNet-64 choice rescaled to sigma_data = 1 (3x the steps below sigma 0.3, where shapes
+        # are drawn crisp): its teacher moved shapes at the wrong speeds (speed distance 0.91 px/frame at step 1500
+        # against 0.35 at step 1000 with SVD's levels), as the high levels that set the motion got a quarter of
+        # the steps (BENCHMARKS.md "Toy SVD stack", session 19).
         config.optim = svd_finetune.single_model_optim(lr=2e-4, ema_decay=0.99)
         config.total_steps = 2000
         del config.disc

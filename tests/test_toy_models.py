@@ -27,20 +27,29 @@ def student():
     return shipped("student")
 
 
-@pytest.mark.parametrize("name, variant", [("teacher", "teacher"), ("student", "sfv")])
-def test_shipped_model_is_the_toy_architecture_in_bfloat16(name, variant, request):
-    """Catches shipping another architecture than configs/toy.py's (a micro test run, the full-size config), or
-    float32 weights (four times the repository's share)."""
+@pytest.mark.parametrize("folder, variant", [("toy/teacher", "teacher"), ("toy/student", "sfv"),
+                                             ("toy4x/vae", "vae4x")])
+def test_shipped_model_is_the_toy_architecture_in_bfloat16(folder, variant, request):
+    """Every model under models/: catches shipping another architecture than its configs/toy.py variant's (a micro
+    test run, the full-size config, the other latent grid), or float32 weights (four times the repository's
+    share)."""
     import ml_dtypes
     import orbax.checkpoint as ocp
 
+    from sfv_jax.checkpoint import load_checkpoint
     from sfv_jax.config import load_config
-    pipe = request.getfixturevalue(name)
     config = load_config(os.path.join(ROOT, "configs", f"toy.py:{variant}"))
-    assert tuple(pipe.unet.config.block_out_channels) == tuple(config.unet.block_out_channels)
-    assert tuple(pipe.vae.config.block_out_channels) == tuple(config.vae.block_out_channels)
-    assert pipe.image_encoder.config.hidden_size == config.image_encoder.hidden_size
-    stored = ocp.PyTreeCheckpointer().restore(os.path.join(TOY, name, "params"))
+    if variant.startswith("vae"):  # a VAE alone, not a pipeline
+        vae = load_checkpoint(os.path.join(ROOT, "models", folder))["vae"]
+        assert tuple(vae.config.block_out_channels) == tuple(config.vae.block_out_channels)
+        assert tuple(vae.config.down_block_types) == tuple(config.vae.down_block_types)
+    else:
+        pipe = request.getfixturevalue(folder.split("/")[-1])
+        assert tuple(pipe.unet.config.block_out_channels) == tuple(config.unet.block_out_channels)
+        assert tuple(pipe.vae.config.block_out_channels) == tuple(config.vae.block_out_channels)
+        assert pipe.image_encoder.config.hidden_size == config.image_encoder.hidden_size
+        assert pipe.unet.config.sample_size == config.unet.sample_size
+    stored = ocp.PyTreeCheckpointer().restore(os.path.join(ROOT, "models", folder, "params"))
     assert {np.asarray(a).dtype for tree in stored.values() for a in tree.values()} == {np.dtype(ml_dtypes.bfloat16)}
 
 
