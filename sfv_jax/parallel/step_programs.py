@@ -98,7 +98,7 @@ class SplitStep:
     gradients_shardings(state shardings, replicated), the shardings of the gradients' outputs."""
 
     def __init__(self, train_step, state_sh, batch_sh, metrics_sh):
-        self.train_step, self.state_sh, self.batch_sh = train_step, state_sh, batch_sh
+        self.train_step = train_step
         outputs_sh = train_step.gradients_shardings(state_sh, metrics_sh)
         # keep_unused: the whole state stays in device memory while the gradients are computed (the EMA and the
         # optimiser state too, which they do not read), so the program's memory analysis counts it as arguments.
