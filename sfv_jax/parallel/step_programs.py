@@ -116,8 +116,7 @@ class SplitStep:
         """Both programs ahead of time (no devices needed): lowered one after the other, then compiled on two
         threads (parallel) or in turn."""
         gradients = _lower("gradients", self.gradients, abstract_state, abstract_batch, progress=progress)
-        outputs = jax.eval_shape(self.train_step.gradients, abstract_state, abstract_batch)
-        apply = _lower("apply", self.apply, abstract_state, outputs, progress=progress)
+        apply = _lower("apply", self.apply, abstract_state, gradients[0].out_info, progress=progress)
         jobs = (("gradients", *gradients), ("apply", *apply))
         if not parallel:
             return [_compile(*job, progress) for job in jobs]

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from sfv_jax.models.options import at_least_float32
 from sfv_jax.train import accumulate
-from sfv_jax.train.model_state import ModelTrainState, apply_gradients
+from sfv_jax.train.model_state import ModelTrainState, apply_gradients, gradients_shardings
 from sfv_jax.train.step import BATCH_KEYS, one_call_x0
 
 KEYS_PER_MICRO_STEP = 3  # sigma, eps, condition dropout
@@ -96,9 +96,7 @@ class DenoiseTrainStep:
         micro = accumulate.micro_batches({k: batch[k] for k in BATCH_KEYS}, self.num_micro, self.batch_axes)
         return accumulate.mean_gradient(self.loss, state.params, (micro, keys), self.num_micro, self.loop)
 
-    def gradients_shardings(self, state, replicated):
-        """The shardings of gradients()' outputs given the state's: the gradient as the params, the rest replicated."""
-        return state.params, replicated, replicated
+    gradients_shardings = staticmethod(gradients_shardings)
 
     def apply(self, state: ModelTrainState, grads: dict, losses: jax.Array,
               aux: dict) -> tuple[ModelTrainState, dict]:

@@ -44,6 +44,12 @@ def init_model_state(params, tx: optax.GradientTransformation, seed: int, encode
                            ema=jax.tree.map(jnp.array, params), opt=tx.init(params), encoders=encoders)
 
 
+def gradients_shardings(state, replicated):
+    """The shardings of a single-model step's gradients() outputs (gradient, losses, aux) given the state's: the
+    gradient as the params, the rest replicated (sfv_jax.parallel.step_programs)."""
+    return state.params, replicated, replicated
+
+
 def apply_gradients(state: ModelTrainState, grads, losses: jax.Array, tx: optax.GradientTransformation,
                     ema_decay: float, next_rng: jax.Array, frozen: tuple[str, ...] = ()) -> tuple[ModelTrainState, dict]:
     """The optimiser update, the EMA and the non-finite guard; returns (new state, metrics).

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from sfv_jax.models.options import at_least_float32
 from sfv_jax.models.vae import downsampling_factor
 from sfv_jax.train import accumulate
-from sfv_jax.train.model_state import ModelTrainState, apply_gradients
+from sfv_jax.train.model_state import ModelTrainState, apply_gradients, gradients_shardings
 
 RECON_LOSSES = ("l1", "l2")
 ENCODER_KEYS = ("encoder", "quant_conv")  # the VAE's top-level params that decoder_only freezes
@@ -118,9 +118,7 @@ class VAETrainStep:
         micro = accumulate.micro_batches({"video": batch["video"]}, self.num_micro, self.batch_axes)
         return accumulate.mean_gradient(self.loss, state.params, (micro, keys), self.num_micro, self.loop)
 
-    def gradients_shardings(self, state, replicated):
-        """The shardings of gradients()' outputs given the state's: the gradient as the params, the rest replicated."""
-        return state.params, replicated, replicated
+    gradients_shardings = staticmethod(gradients_shardings)
 
     def apply(self, state: ModelTrainState, grads: dict, losses: jax.Array,
               parts: dict) -> tuple[ModelTrainState, dict]:
